@@ -1,0 +1,3 @@
+from musicdecomp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""Command-line entry points: one subcommand per pipeline step, called identically by Snakemake and DVC.
+
+    python -m musicdecomp <step> [--params params.yaml [override.yaml ...] | --config JSON] [--log FILE] ...
+
+DVC stages pass ``--params`` (the step cuts its slice out of the files); Snakemake rules pass ``--config``,
+the slice it already resolved from its merged config, so ``--configfile`` overrides reach the step.
+Bad input ends in one line ``musicdecomp <step>: error: ...`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from musicdecomp.config import DEFAULT_PARAMS, from_json, load_params, step_config
+from musicdecomp.errors import UserError
+from musicdecomp.logs import get_logger, log_to_files, setup_logging
+
+
+def _step_cfg(args: argparse.Namespace, step: str) -> dict:
+    if args.config is not None:
+        return from_json(args.config)
+    return step_config(load_params(args.params), step, getattr(args, "dataset", None))
+
+
+def cmd_fetch_jsb(args):
+    from musicdecomp.data.jsb import fetch_jsb
+    fetch_jsb(_step_cfg(args, "fetch_jsb"), args.out)
+
+
+def cmd_chords(args):
+    from musicdecomp.data.jsb import build_chords
+    build_chords(_step_cfg(args, "chords"), args.json, args.out_csv, args.out_summary)
+
+
+def cmd_render(args):
+    from musicdecomp.data.render import render_notes
+    render_notes(_step_cfg(args, "render"), args.chords, args.out, workers=args.workers)
+
+
+def cmd_features(args):
+    from musicdecomp.data.datasets import build_dataset
+    build_dataset(_step_cfg(args, "features"), args.dataset, args.chords, args.chords_summary, args.notes,
+                  args.out_dir)
+
+
+def cmd_figures(args):
+    from musicdecomp.data.figures import plot_examples
+    plot_examples(_step_cfg(args, "figures"), args.dataset, args.split, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="musicdecomp", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="step", required=True)
+
+    def add(name, func, help):
+        sp = sub.add_parser(name, help=help)
+        src = sp.add_mutually_exclusive_group()
+        src.add_argument("--params", nargs="+", default=[DEFAULT_PARAMS],
+                         help="parameter files, later ones overriding earlier ones (default: params.yaml)")
+        src.add_argument("--config", help="the step's resolved parameter slice as JSON (used by Snakemake)")
+        sp.add_argument("--log", help="also write the log to this file")
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = add("fetch-jsb", cmd_fetch_jsb, "find or download the JSB Chorales JSON and check its sha256")
+    sp.add_argument("--out", required=True)
+    sp = add("chords", cmd_chords, "pool, de-duplicate and split the JSB chords")
+    sp.add_argument("--json", required=True)
+    sp.add_argument("--out-csv", required=True)
+    sp.add_argument("--out-summary", required=True)
+    sp = add("render", cmd_render, "render every (pitch, program) note with FluidSynth (cached)")
+    sp.add_argument("--chords", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--workers", type=int, default=0, help="render processes (default 0: one per core)")
+    sp = add("features", cmd_features, "build a MusicSlots dataset (chord and note spectrograms)")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--chords", required=True)
+    sp.add_argument("--chords-summary", required=True)
+    sp.add_argument("--notes", required=True)
+    sp.add_argument("--out-dir", required=True)
+    sp = add("figures", cmd_figures, "plot a few examples of a dataset")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--split", required=True)
+    sp.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        setup_logging(args.log)
+        args.func(args)
+    except UserError as e:
+        print(f"musicdecomp {args.step}: error: {e}", file=sys.stderr)
+        log_to_files(f"error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        print(f"musicdecomp {args.step}: interrupted", file=sys.stderr)
+        return 130
+    get_logger().info("%s done in %.1f s", args.step, time.perf_counter() - t0)
+    return 0

@@ -1,0 +1,259 @@
+"""Parameters: load params.yaml (plus override files), validate every knob, cut each step's slice.
+
+params.yaml is the one source of every knob. Snakemake reads it as its configfile (``--configfile`` files
+merge on top) and DVC reads it as its params file; both hand each step only the slice it uses
+(``step_config``), so changing one knob reruns only the steps that depend on it.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from musicdecomp.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_PARAMS = "params.yaml"
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursively merge ``override`` into a copy of ``base`` (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_params(paths: list[str | Path]) -> dict:
+    """Load and merge YAML parameter files, later files overriding earlier ones."""
+    import yaml
+
+    merged: dict = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"parameter file {path} does not exist; pass an existing file with --params")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path} must hold a mapping of parameters at the top level")
+        merged = deep_merge(merged, loaded)
+    return merged
+
+
+def get(params: dict, dotted: str) -> Any:
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise UserError(f"parameter {dotted} is missing; add it to params.yaml (see the README)")
+        node = node[part]
+    return node
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay whole)."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+# --- validation ----------------------------------------------------------------------------------------
+
+Check = tuple[Callable[[Any], bool], str]
+
+
+def _num(lo: float | None = None, hi: float | None = None, integer: bool = False, strict_lo: bool = False) -> Check:
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            return False
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if lo is not None and (v <= lo if strict_lo else v < lo):
+            return False
+        return hi is None or v <= hi
+    kind = "an integer" if integer else "a number"
+    bounds = []
+    if lo is not None:
+        bounds.append(f"{'>' if strict_lo else '>='} {lo}")
+    if hi is not None:
+        bounds.append(f"<= {hi}")
+    return ok, kind + (" " + " and ".join(bounds) if bounds else "")
+
+
+def _optional(check: Check) -> Check:
+    fn, desc = check
+    return (lambda v: v is None or fn(v)), f"null or {desc}"
+
+
+def _bool() -> Check:
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def _str() -> Check:
+    return (lambda v: isinstance(v, str) and v != ""), "a non-empty string"
+
+
+def _split() -> Check:
+    def ok(v: Any) -> bool:
+        return (isinstance(v, list) and len(v) == 3 and all(_num(0, 1)[0](x) for x in v)
+                and abs(sum(v) - 1.0) < 1e-6 and all(x > 0 for x in v))
+    return ok, "three positive fractions [train, valid, test] that sum to 1"
+
+
+def _programs() -> Check:
+    def ok(v: Any) -> bool:
+        return (isinstance(v, list) and len(v) > 0 and len(set(v)) == len(v)
+                and all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 127 for p in v))
+    return ok, "a non-empty list of distinct General MIDI program numbers 0-127"
+
+
+def _str_list() -> Check:
+    return (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)), "a list of folder paths"
+
+
+def _sha256() -> Check:
+    def ok(v: Any) -> bool:
+        return v is None or (isinstance(v, str) and len(v) >= 8 and all(c in "0123456789abcdef" for c in v.lower()))
+    return ok, "null or a hex sha256 digest (or a prefix of at least 8 digits)"
+
+
+# Every leaf parameter, by dotted name; '*' matches one level (a dataset name).
+SCHEMA: dict[str, Check] = {
+    "data.jsb.source.json_path": _optional(_str()),
+    "data.jsb.source.local_dirs": _str_list(),
+    "data.jsb.source.filename": _str(),
+    "data.jsb.source.url": _str(),
+    "data.jsb.source.sha256": _sha256(),
+    "data.jsb.chords.max_voices": _num(2, 16, integer=True),
+    "data.jsb.chords.min_notes": _num(1, 16, integer=True),
+    "data.jsb.chords.split": _split(),
+    "data.jsb.chords.seed": _num(0, integer=True),
+    "data.jsb.chords.max_chords": _optional(_num(10, integer=True)),
+    "data.render.soundfont": _str(),
+    "data.render.synth_rate": _num(8000, 192000, integer=True),
+    "data.render.sample_rate": _num(4000, 192000, integer=True),
+    "data.render.bpm": _num(1, 1000, strict_lo=True),
+    "data.render.quarter_lengths": _num(0, 64, strict_lo=True),
+    "data.render.velocity": _num(1, 127, integer=True),
+    "data.render.lead_zeros": _num(0, integer=True),
+    "data.render.n_samples": _num(1024, integer=True),
+    "data.render.gain": _num(0, 10, strict_lo=True),
+    "data.render.reverb": _bool(),
+    "data.render.chorus": _bool(),
+    "data.mel.n_fft": _num(16, 16384, integer=True),
+    "data.mel.hop_length": _num(1, 16384, integer=True),
+    "data.mel.n_mels": _num(1, 1024, integer=True),
+    "data.mel.f_min": _num(0),
+    "data.mel.f_max": _num(0, strict_lo=True),
+    "data.mel.top_db": _optional(_num(0, strict_lo=True)),
+    "data.mel.amin": _num(0, strict_lo=True),
+    "data.mel.n_frames": _num(1, integer=True),
+    "data.mel.mask_db": _num(-200, 200),
+    "datasets.*.programs": _programs(),
+    "datasets.*.assignments_per_chord": _num(1, integer=True),
+    "datasets.*.seed": _num(0, integer=True),
+    "figures.n_examples": _num(1, 16, integer=True),
+    "figures.seed": _num(0, integer=True),
+}
+
+
+def _schema_entry(key: str) -> Check | None:
+    if key in SCHEMA:
+        return SCHEMA[key]
+    for pattern, check in SCHEMA.items():
+        if "*" in pattern and fnmatch.fnmatchcase(key, pattern) and key.count(".") == pattern.count("."):
+            return check
+    return None
+
+
+def validate(params: dict, prefix: str = "") -> None:
+    """Check every leaf under ``prefix`` (all when empty): known name, value in range, cross-field rules."""
+    flat = flatten(params)
+    for key, value in flat.items():
+        if prefix and not (key == prefix or key.startswith(prefix + ".")):
+            continue
+        entry = _schema_entry(key)
+        if entry is None:
+            raise UserError(f"unknown parameter {key}; check its spelling against params.yaml")
+        ok, desc = entry
+        if not ok(value):
+            raise UserError(f"parameter {key} = {value!r} is out of range: expected {desc}; "
+                            f"fix it in params.yaml or your override file")
+    for key in SCHEMA:
+        if "*" not in key and (not prefix or key.startswith(prefix + ".") or key == prefix) and key not in flat:
+            if any(k.startswith(key + ".") for k in flat):
+                continue
+            raise UserError(f"parameter {key} is missing; add it to params.yaml (see the README)")
+    if not prefix or prefix.startswith("data.mel") or prefix == "data":
+        if "data" in params and "mel" in params["data"]:
+            mel = params["data"]["mel"]
+            if mel["f_max"] <= mel["f_min"]:
+                raise UserError(f"parameter data.mel.f_max = {mel['f_max']} must exceed data.mel.f_min = {mel['f_min']}")
+            if mel["hop_length"] > mel["n_fft"]:
+                raise UserError("parameter data.mel.hop_length must not exceed data.mel.n_fft")
+
+
+# --- per-step slices -----------------------------------------------------------------------------------
+
+def step_config(params: dict, step: str, dataset: str | None = None) -> dict:
+    """The parameters ``step`` depends on, resolved from the full params (validated)."""
+    from musicdecomp.pipeline import STEPS
+
+    if step not in STEPS:
+        raise UserError(f"unknown step {step!r}; known steps: {', '.join(STEPS)}")
+    spec = STEPS[step]
+    if spec.per_dataset:
+        if dataset is None:
+            raise UserError(f"step {step} needs --dataset")
+        datasets = get(params, "datasets")
+        if dataset not in datasets:
+            raise UserError(f"dataset {dataset!r} is not defined under datasets: in params.yaml "
+                            f"(defined: {', '.join(datasets)})")
+    out: dict[str, Any] = {}
+    for key in spec.param_keys(params, dataset):
+        validate(params, key)
+        out[key] = get(params, key)
+    if spec.uses_all_programs:
+        # what rendering depends on is the union of the programs, not which dataset asked for which
+        out = {k: v for k, v in out.items() if not k.startswith("datasets.")}
+        out["programs"] = render_programs(params)
+    return out
+
+
+def render_programs(params: dict) -> list[int]:
+    """Every GM program that some dataset uses: the render step renders each pitch on each of them."""
+    programs: set[int] = set()
+    for name, ds in get(params, "datasets").items():
+        validate(params, f"datasets.{name}")
+        programs.update(ds["programs"])
+    return sorted(programs)
+
+
+def to_json(cfg: dict) -> str:
+    return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+
+
+def from_json(text: str) -> dict:
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--config is not valid JSON ({e}); pass the output of step_config") from None
+    if not isinstance(cfg, dict):
+        raise UserError("--config must be a JSON object")
+    return cfg

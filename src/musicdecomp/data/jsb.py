@@ -1,0 +1,162 @@
+"""JSB Chorales: fetch the JSON (local copy or download, sha256-checked) and build the pooled chord table.
+
+The chord protocol is the official MusicSlots generator's (see docs/data.md): every time step of every
+chorale, left-padded with zeros to ``max_voices``, de-duplicated across the original train/valid/test
+splits (pooled), chords with fewer than ``min_notes`` notes dropped, shuffled with
+``torch.randperm`` under ``torch.manual_seed(seed)`` and cut 70/20/10.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from musicdecomp.errors import UserError
+from musicdecomp.io import copy_file, download, sha256_of, verify_sha256, write_json, atomic_path
+from musicdecomp.logs import get_logger
+from musicdecomp.pipeline import SPLITS
+
+log = get_logger("jsb")
+
+ORIGINAL_SPLITS = ("train", "valid", "test")
+DOWNLOAD_DIR = Path("resources/jsb")
+
+
+# --- fetch ---------------------------------------------------------------------------------------------
+
+def read_jsb_json(path: str | Path) -> dict[str, list[list[list[int]]]]:
+    """Parse and check a JSB Chorales JSON file ({train, valid, test}: chorales of time steps of pitches)."""
+    path = Path(path)
+    fix = "delete it and rerun to fetch a fresh copy, or point data.jsb.source.json_path at a good file"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; run the fetch_jsb step or set data.jsb.source.json_path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(data, dict) or any(k not in data for k in ORIGINAL_SPLITS):
+        raise UserError(f"{path} does not hold the JSB splits {list(ORIGINAL_SPLITS)}; {fix}")
+    for split in ORIGINAL_SPLITS:
+        chorales = data[split]
+        ok = isinstance(chorales, list) and all(
+            isinstance(ch, list) and all(
+                isinstance(step, list) and all(isinstance(p, int) and 0 <= p <= 127 for p in step) for step in ch)
+            for ch in chorales)
+        if not ok:
+            raise UserError(f"{path}: split {split!r} is not a list of chorales of MIDI-pitch lists; {fix}")
+    return data
+
+
+def fetch_jsb(cfg: dict, out: str | Path) -> dict:
+    """Find the JSB JSON (``json_path``, else ``local_dirs``, else download), check it, copy it to ``out``."""
+    src = cfg["data.jsb.source"]
+    expected = src["sha256"]
+    bad_sum = ("re-download it (delete the file and rerun), or set data.jsb.source.sha256: null "
+               "to accept a different file on purpose")
+    if src["json_path"]:
+        candidate = Path(src["json_path"]).expanduser()
+        if not candidate.is_file():
+            raise UserError(f"data.jsb.source.json_path: {candidate} does not exist; fix the path, "
+                            f"or set it to null to look in {src['local_dirs']} and then download")
+        found = candidate
+    else:
+        found = next((Path(d) / src["filename"] for d in src["local_dirs"]
+                      if (Path(d) / src["filename"]).is_file()), None)
+        if found is None:
+            found = DOWNLOAD_DIR / src["filename"]
+            log.info("downloading %s", src["url"])
+            download(src["url"], found,
+                     fix=(f"download it by hand and put it at {found}, or set data.jsb.source.json_path "
+                          f"to a local copy"))
+    digest = verify_sha256(found, expected, bad_sum)
+    read_jsb_json(found)
+    copy_file(found, out)
+    log.info("JSB chorales from %s (sha256 %s) -> %s", found, digest[:12], out)
+    return {"source": str(found), "sha256": digest}
+
+
+# --- chords --------------------------------------------------------------------------------------------
+
+def pool_chords(data: dict, max_voices: int, min_notes: int) -> list[tuple[int, ...]]:
+    """All distinct time steps, left-padded with 0 to ``max_voices``, sorted like ``torch.unique(dim=0)``."""
+    pooled: set[tuple[int, ...]] = set()
+    for split in ORIGINAL_SPLITS:
+        for chorale in data[split]:
+            for step in chorale:
+                notes = sorted(step)
+                if len(notes) > max_voices:
+                    raise UserError(f"a JSB time step has {len(notes)} notes, more than "
+                                    f"data.jsb.chords.max_voices = {max_voices}; raise max_voices")
+                pooled.add(tuple([0] * (max_voices - len(notes)) + notes))
+    return [c for c in sorted(pooled) if sum(1 for p in c if p) >= min_notes]
+
+
+def split_chords(n: int, fractions: list[float], seed: int, max_chords: int | None) -> list[tuple[str, int]]:
+    """Assign pooled chord indices to splits: a seeded ``torch.randperm``, then cuts at cumsum(fractions)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen).tolist()
+    if max_chords is not None:
+        perm = perm[:max_chords]
+    cuts = [int(c) for c in np.cumsum(fractions) * len(perm)]
+    bounds = [0, cuts[0], cuts[1], len(perm)]
+    return [(SPLITS[s], i) for s in range(3) for i in perm[bounds[s]:bounds[s + 1]]]
+
+
+def build_chords(cfg: dict, json_path: str | Path, out_csv: str | Path, out_summary: str | Path) -> dict:
+    """The chords step: JSB JSON -> chords.csv (chord, n_notes, split) + summary.json (counts, pitch classes)."""
+    c = cfg["data.jsb.chords"]
+    data = read_jsb_json(json_path)
+    pooled = pool_chords(data, c["max_voices"], c["min_notes"])
+    assignment = split_chords(len(pooled), c["split"], c["seed"], c["max_chords"])
+    # the pitch classes come from the whole pool, so a capped (tiny) run keeps the paper's 52 classes
+    pitches = sorted({p for chord in pooled for p in chord if p})
+    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["chord", "n_notes", "split"])
+        for split, i in assignment:
+            notes = [p for p in pooled[i] if p]
+            w.writerow([" ".join(map(str, notes)), len(notes), split])
+    counts = {s: sum(1 for split, _ in assignment if split == s) for s in SPLITS}
+    n_notes = {}
+    for _, i in assignment:
+        k = sum(1 for p in pooled[i] if p)
+        n_notes[k] = n_notes.get(k, 0) + 1
+    summary = {
+        "source_sha256": sha256_of(json_path),
+        "n_time_steps": sum(len(ch) for s in ORIGINAL_SPLITS for ch in data[s]),
+        "n_pooled_chords": len(pooled),
+        "n_chords": len(assignment),
+        "splits": counts,
+        "chords_by_n_notes": {str(k): v for k, v in sorted(n_notes.items())},
+        "pitches": pitches,
+        "n_pitches": len(pitches),
+        "split_fractions": c["split"],
+        "seed": c["seed"],
+        "max_chords": c["max_chords"],
+    }
+    write_json(out_summary, summary)
+    log.info("%d chords (%s), %d pitch classes -> %s", len(assignment),
+             " / ".join(f"{s} {counts[s]}" for s in SPLITS), len(pitches), out_csv)
+    return summary
+
+
+def read_chords(path: str | Path) -> list[tuple[tuple[int, ...], str]]:
+    """chords.csv -> [(pitches ascending, split)]."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; run the chords step first") from None
+    try:
+        out = [(tuple(int(p) for p in r["chord"].split()), r["split"]) for r in rows]
+    except (KeyError, ValueError, AttributeError):
+        raise UserError(f"{path} is not a chords table (columns chord, n_notes, split); rerun the chords step") from None
+    if any(s not in SPLITS for _, s in out):
+        raise UserError(f"{path} has an unknown split name; rerun the chords step")
+    return out

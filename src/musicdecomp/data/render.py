@@ -1,0 +1,215 @@
+"""Render every distinct (pitch, GM program) note once with FluidSynth, cached across runs.
+
+Protocol (official MusicSlots generator): a quarter note at 120 bpm (0.5 s) at velocity 90 (music21's
+default when it writes MIDI), rendered at 44.1 kHz with FluidSynth's default gain, reverb and chorus;
+4,000 zero samples prepended at 44.1 kHz; resampled to 16 kHz (torchaudio's default windowed sinc); left
+channel. The official code renders a MIDI file with the fluidsynth CLI; here the same synth is driven
+directly through pyfluidsynth: note-on at sample 0, note-off after 0.5 s, and rendering continues
+through the release until ``n_samples`` at 16 kHz are covered (32 mel frames = 16,384 samples).
+
+Each note gets a fresh synth (with dynamic sample loading, about 20 ms): FluidSynth's reverb and chorus
+are modulated, so a reused synth makes a note depend on what was rendered before it (differences up to
+1e-4). A fresh synth makes every note bit-identical however the work is split across workers or runs.
+Note-on and note-off fall on FluidSynth's 64-sample block boundaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from musicdecomp.errors import UserError
+from musicdecomp.io import atomic_path, sha256_of
+from musicdecomp.logs import get_logger, progress
+
+log = get_logger("render")
+
+CACHE_DIR = Path("results/cache/render")
+BLOCK = 64  # FluidSynth renders in blocks of 64 samples; events take effect at block boundaries
+
+
+def import_fluidsynth():
+    try:
+        import fluidsynth  # noqa: F401  (pyfluidsynth)
+    except ImportError as e:
+        raise UserError(f"cannot use FluidSynth ({e}); install the library: apt-get install libfluidsynth3 "
+                        f"(Debian/Ubuntu; ./setup.sh does it) or conda install -c conda-forge fluidsynth, "
+                        f"and pip install pyfluidsynth") from None
+    return fluidsynth
+
+
+class Synth:
+    """One FluidSynth instance with one soundfont loaded (samples loaded on demand)."""
+
+    def __init__(self, soundfont: str, rate: int, gain: float, reverb: bool, chorus: bool):
+        import ctypes
+
+        fs = import_fluidsynth()
+        self._synth = fs.Synth(gain=gain, samplerate=float(rate))
+        self._synth.setting("synth.dynamic-sample-loading", 1)
+        self._synth.setting("synth.reverb.active", int(reverb))
+        self._synth.setting("synth.chorus.active", int(chorus))
+        self.sfid = self._synth.sfload(str(soundfont))
+        if self.sfid < 0:
+            self.close()
+            raise UserError(f"FluidSynth cannot load {soundfont} (not a SoundFont 2 file?); "
+                            f"set data.render.soundfont to a valid .sf2 file")
+        write = fs._fl.fluid_synth_write_float
+        write.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        write.restype = ctypes.c_int
+        self._write = write
+
+    def preset_name(self, program: int) -> str | None:
+        return self._synth.sfpreset_name(self.sfid, 0, program)
+
+    def _render(self, n: int) -> np.ndarray:
+        buf = np.zeros((n, 2), dtype=np.float32)
+        ptr = buf.ctypes.data
+        if self._write(self._synth.synth, n, ptr, 0, 2, ptr, 1, 2) != 0:
+            raise RuntimeError("fluid_synth_write_float failed")
+        return buf
+
+    def note(self, pitch: int, program: int, velocity: int, n_on: int, n_total: int) -> np.ndarray:
+        """Left channel of one note: on for ``n_on`` samples, then released, ``n_total`` samples in all."""
+        if self._synth.program_select(0, self.sfid, 0, program) != 0:
+            raise UserError(f"the soundfont has no preset for GM program {program} (bank 0); "
+                            f"choose another program in datasets.*.programs or another data.render.soundfont")
+        self._synth.noteon(0, pitch, velocity)
+        on = self._render(n_on)
+        self._synth.noteoff(0, pitch)
+        off = self._render(n_total - n_on)
+        return np.concatenate([on, off])[:, 0]
+
+    def close(self) -> None:
+        if getattr(self, "_synth", None) is not None:
+            self._synth.delete()
+            self._synth = None
+
+
+def render_lengths(cfg: dict) -> tuple[int, int]:
+    """(note-on samples, total samples) at the synth rate, both whole FluidSynth blocks."""
+    r = cfg["data.render"]
+    on_seconds = r["quarter_lengths"] * 60.0 / r["bpm"]
+    n_on = max(BLOCK, BLOCK * round(on_seconds * r["synth_rate"] / BLOCK))
+    # enough synth samples that, after the lead zeros and resampling, n_samples are covered (+ filter margin)
+    need = math.ceil(r["n_samples"] * r["synth_rate"] / r["sample_rate"]) + 256 - r["lead_zeros"]
+    n_total = max(n_on + BLOCK, BLOCK * math.ceil(need / BLOCK))
+    return n_on, n_total
+
+
+def _render_one(args: tuple) -> tuple[int, int, np.ndarray]:
+    soundfont, r, pitch, program, n_on, n_total = args
+    synth = Synth(soundfont, r["synth_rate"], r["gain"], r["reverb"], r["chorus"])
+    try:
+        audio = synth.note(pitch, program, r["velocity"], n_on, n_total)
+    finally:
+        synth.close()
+    return pitch, program, audio
+
+
+def to_target_rate(audio: np.ndarray, cfg: dict) -> np.ndarray:
+    """Synth-rate notes (M, n) -> lead zeros, resample, first ``n_samples`` (M, n_samples) float32."""
+    import torch
+    import torchaudio.functional as AF
+
+    r = cfg["data.render"]
+    x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    x = torch.nn.functional.pad(x, (r["lead_zeros"], 0))
+    y = AF.resample(x, r["synth_rate"], r["sample_rate"])
+    if y.shape[-1] < r["n_samples"]:
+        y = torch.nn.functional.pad(y, (0, r["n_samples"] - y.shape[-1]))
+    return y[..., : r["n_samples"]].contiguous().numpy()
+
+
+def cache_key(cfg: dict, soundfont_sha256: str) -> str:
+    r = {k: v for k, v in cfg["data.render"].items() if k != "soundfont"}
+    blob = json.dumps({"render": r, "soundfont_sha256": soundfont_sha256}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_soundfont(cfg: dict, programs: list[int]) -> dict[int, str]:
+    """Fail early, in one line, on a missing soundfont or a program it lacks; return preset names."""
+    r = cfg["data.render"]
+    path = Path(r["soundfont"])
+    if not path.is_file():
+        raise UserError(f"soundfont {path} does not exist; install it (apt-get install fluid-soundfont-gm, "
+                        f"which ./setup.sh does) or set data.render.soundfont to an .sf2 file")
+    synth = Synth(str(path), r["synth_rate"], r["gain"], r["reverb"], r["chorus"])
+    try:
+        names = {p: synth.preset_name(p) for p in programs}
+    finally:
+        synth.close()
+    missing = [p for p, name in names.items() if name is None]
+    if missing:
+        raise UserError(f"soundfont {path} has no preset for GM program(s) {missing} in bank 0; "
+                        f"remove them from datasets.*.programs or use another data.render.soundfont")
+    return names
+
+
+def render_notes(cfg: dict, chords_csv: str | Path, out: str | Path, workers: int = 0) -> dict:
+    """The render step: every (pitch in chords.csv, program) note -> notes.pt (16 kHz waveforms).
+
+    ``workers`` processes render in parallel (0: one per core); the result does not depend on it.
+    """
+    import torch
+
+    from musicdecomp.data.jsb import read_chords
+
+    r = cfg["data.render"]
+    programs = cfg["programs"]
+    pitches = sorted({p for chord, _ in read_chords(chords_csv) for p in chord})
+    names = check_soundfont(cfg, programs)
+    sf_sha = sha256_of(r["soundfont"])
+    cache = CACHE_DIR / cache_key(cfg, sf_sha)
+    wanted = [(p, prog) for prog in programs for p in pitches]
+    todo = [(p, prog) for p, prog in wanted if not (cache / f"p{prog:03d}_n{p:03d}.npy").is_file()]
+    n_on, n_total = render_lengths(cfg)
+    log.info("%d notes (%d pitches x %d programs); %d cached in %s, %d to render",
+             len(wanted), len(pitches), len(programs), len(wanted) - len(todo), cache, len(todo))
+    if todo:
+        workers = workers or os.cpu_count() or 1
+        workers = max(1, min(workers, len(todo) // 8 or 1))
+        jobs = [(r["soundfont"], r, p, prog, n_on, n_total) for p, prog in todo]
+        bar = progress(total=len(jobs), desc="render notes", unit="note")
+        raw: list[tuple[int, int, np.ndarray]] = []
+        if workers == 1:
+            for job in jobs:
+                raw.append(_render_one(job))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
+                for res in ex.map(_render_one, jobs, chunksize=4):
+                    raw.append(res)
+                    bar.update()
+        bar.close()
+        audio = to_target_rate(np.stack([a for _, _, a in raw]), cfg)
+        for (p, prog, _), wave in zip(raw, audio):
+            with atomic_path(cache / f"p{prog:03d}_n{p:03d}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, wave)
+    bank = np.stack([np.load(cache / f"p{prog:03d}_n{p:03d}.npy") for p, prog in wanted])
+    silent = [(p, prog) for (p, prog), w in zip(wanted, bank) if not np.abs(w).max() > 0]
+    if silent:
+        raise UserError(f"the soundfont rendered silence for (pitch, program) {silent[:5]}; "
+                        f"check data.render.soundfont and the programs")
+    payload = {
+        "audio": torch.from_numpy(bank),
+        "pitch": torch.tensor([p for p, _ in wanted], dtype=torch.int64),
+        "program": torch.tensor([prog for _, prog in wanted], dtype=torch.int64),
+        "program_names": {int(p): names[p] for p in programs},
+        "sample_rate": r["sample_rate"],
+        "soundfont": str(r["soundfont"]),
+        "soundfont_sha256": sf_sha,
+        "render": dict(r),
+    }
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
+    log.info("rendered %d new notes, %d from cache -> %s", len(todo), len(wanted) - len(todo), out)
+    return {"rendered": len(todo), "cached": len(wanted) - len(todo), "notes": len(wanted)}

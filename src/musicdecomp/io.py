@@ -1,0 +1,89 @@
+"""File helpers: atomic writes, checksums and downloads, with errors that say what to do."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from musicdecomp.errors import UserError
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: str | os.PathLike, expected: str | None, fix: str) -> str:
+    """Return the file's sha256; raise UserError if ``expected`` is given and does not match.
+
+    ``expected`` may be a prefix (at least 8 hex digits), as EnCodec's checkpoint names use.
+    """
+    digest = sha256_of(path)
+    if expected and not digest.startswith(expected.lower()):
+        raise UserError(f"checksum mismatch for {path}: sha256 {digest[:16]}..., expected {expected[:16]}...; {fix}")
+    return digest
+
+
+def ensure_parent(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder for {path}: {e.strerror or e}; "
+                        f"choose a writable output location or fix its permissions") from None
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    A crash or an error leaves no partial file under the final name.
+    """
+    path = ensure_parent(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}; "
+                        f"choose a writable output location or fix its permissions") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def download(url: str, dst: str | os.PathLike, fix: str, timeout: float = 60.0) -> None:
+    """Download ``url`` to ``dst`` (atomically). ``fix`` says what to do when there is no network."""
+    with atomic_path(dst) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
+                shutil.copyfileobj(r, f)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            reason = getattr(e, "reason", e)
+            raise UserError(f"cannot download {url} ({reason}); {fix}") from None

@@ -1,0 +1,51 @@
+"""Logging for pipeline steps: messages go to stderr and, when given, to a log file under logs/."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+LOGGER_NAME = "musicdecomp"
+
+
+def get_logger(name: str | None = None) -> logging.Logger:
+    return logging.getLogger(LOGGER_NAME if name is None else f"{LOGGER_NAME}.{name}")
+
+
+def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> logging.Logger:
+    logger = get_logger()
+    logger.setLevel(level)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if log_file:
+        from musicdecomp.io import ensure_parent
+
+        ensure_parent(log_file)
+        fh = logging.FileHandler(log_file, mode="w")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    logger.propagate = False
+    return logger
+
+
+def log_to_files(message: str) -> None:
+    """Write an error line to the log files only (the CLI has already printed it on stderr)."""
+    for h in get_logger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(logging.LogRecord(LOGGER_NAME, logging.ERROR, __file__, 0, message, None, None))
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar on stderr (disabled when stderr is not a terminal and MUSICDECOMP_PROGRESS=0)."""
+    import os
+
+    from tqdm import tqdm
+
+    disable = os.environ.get("MUSICDECOMP_PROGRESS", "1") == "0"
+    return tqdm(iterable, file=sys.stderr, disable=disable, mininterval=1.0, **kwargs)

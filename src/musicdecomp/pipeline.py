@@ -1,0 +1,46 @@
+"""The pipeline's steps: which parameters and which package files each one depends on.
+
+Snakemake (workflow/rules/common.smk) and DVC (dvc.yaml) both follow this table; a test checks dvc.yaml
+against it, so the two tools rerun a step for the same reasons: a change in one of its parameters, in one
+of its code files, or in an input file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PACKAGE_DIR = "src/musicdecomp"
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Step:
+    params: tuple[str, ...]
+    code: tuple[str, ...]
+    per_dataset: bool = False
+    # the render step also depends on every dataset's program list (see config.render_programs)
+    uses_all_programs: bool = False
+
+    def param_keys(self, params: dict, dataset: str | None = None) -> list[str]:
+        keys = [k.format(dataset=dataset) for k in self.params]
+        if self.uses_all_programs:
+            keys += [f"datasets.{name}.programs" for name in params["datasets"]]
+        return keys
+
+    def dvc_param_keys(self, dataset: str | None = None) -> list[str]:
+        """What DVC tracks for this step: the slice's keys, and all datasets where programs are pooled."""
+        keys = [k.format(dataset=dataset) for k in self.params]
+        return keys + (["datasets"] if self.uses_all_programs else [])
+
+    def code_files(self) -> list[str]:
+        return [f"{PACKAGE_DIR}/{c}" for c in self.code]
+
+
+STEPS: dict[str, Step] = {
+    "fetch_jsb": Step(params=("data.jsb.source",), code=("data/jsb.py",)),
+    "chords": Step(params=("data.jsb.chords",), code=("data/jsb.py",)),
+    "render": Step(params=("data.render",), code=("data/render.py",), uses_all_programs=True),
+    "features": Step(params=("data.mel", "datasets.{dataset}"), code=("data/datasets.py", "data/mel.py"),
+                     per_dataset=True),
+    "figures": Step(params=("figures", "data.mel.mask_db"), code=("data/figures.py",), per_dataset=True),
+}
