@@ -1,11 +1,14 @@
 # musicdecomp workflow. Parameters: params.yaml (merge overrides with --configfile, e.g. config/tiny.yaml).
 # Rules live in workflow/rules/; every rule calls one step of the musicdecomp package (python -m musicdecomp).
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "params.yaml"
+# params.yaml beside this file, so that --directory (a separate work folder) still finds it
+configfile: os.path.join(workflow.basedir, "params.yaml")
 
 
 include: "workflow/rules/common.smk"

@@ -13,15 +13,16 @@ import argparse
 import sys
 import time
 
-from musicdecomp.config import DEFAULT_PARAMS, from_json, load_params, step_config
+from musicdecomp.config import DEFAULT_PARAMS, from_json, load_params, step_config, to_json
 from musicdecomp.errors import UserError
 from musicdecomp.logs import get_logger, log_to_files, setup_logging
 
 
 def _step_cfg(args: argparse.Namespace, step: str) -> dict:
-    if args.config is not None:
-        return from_json(args.config)
-    return step_config(load_params(args.params), step, getattr(args, "dataset", None))
+    if args.config is None:
+        # the same JSON round trip as Snakemake's --config, so both tools hand the step the same object
+        args.config = to_json(step_config(load_params(args.params), step, getattr(args, "dataset", None)))
+    return from_json(args.config)
 
 
 def cmd_fetch_jsb(args):

@@ -1,0 +1,84 @@
+"""Shared fixtures: the repository, the JSB JSON from ../shared, tiny parameter sets, tiny pipeline runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from musicdecomp.config import deep_merge, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_JSB = REPO.parent / "shared" / "data" / "jsb-chorales"
+SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+
+
+def tool_env() -> dict[str, str]:
+    """Environment for subprocesses: this interpreter's bin first (python, snakemake, dvc), no progress bars."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MUSICDECOMP_PROGRESS"] = "0"
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def snakemake(workdir: Path, *args: str, configfiles: list[Path] = (), check: bool = True):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", "--workflow-profile", "none"]
+    cmd += list(args)
+    if configfiles:  # last: --configfile takes every argument after it
+        cmd += ["--configfile", *map(str, configfiles)]
+    return run(cmd, cwd=workdir, check=check)
+
+
+@pytest.fixture(scope="session")
+def jsb_json() -> Path:
+    path = SHARED_JSB / "jsb-chorales-quarter.json"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (the tests read the JSB JSON from ../shared)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def soundfont() -> Path:
+    if not SOUNDFONT.is_file():
+        pytest.skip(f"{SOUNDFONT} missing: run ./setup.sh as root (apt-get install fluid-soundfont-gm)")
+    return SOUNDFONT
+
+
+@pytest.fixture(scope="session")
+def params() -> dict:
+    return load_params([REPO / "params.yaml"])
+
+
+@pytest.fixture(scope="session")
+def tiny_override(tmp_path_factory, jsb_json) -> Path:
+    """config/tiny.yaml plus an absolute path to the JSB JSON (the tests run in other folders)."""
+    path = tmp_path_factory.mktemp("cfg") / "local.yaml"
+    path.write_text(yaml.safe_dump({"data": {"jsb": {"source": {"json_path": str(jsb_json)}}}}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_params(params, tiny_override) -> dict:
+    return deep_merge(load_params([REPO / "params.yaml", REPO / "config" / "tiny.yaml"]),
+                      yaml.safe_load(tiny_override.read_text()))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_override, soundfont) -> Path:
+    """The tiny config run once end to end through Snakemake; returns its work folder."""
+    workdir = tmp_path_factory.mktemp("tiny_snakemake")
+    snakemake(workdir, "all", configfiles=[REPO / "config" / "tiny.yaml", tiny_override])
+    return workdir

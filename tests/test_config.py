@@ -1,0 +1,88 @@
+"""Parameters: merging, validation with one-line errors, and the slice each step receives."""
+
+import subprocess
+import sys
+
+import pytest
+
+from musicdecomp.config import deep_merge, flatten, load_params, step_config, validate
+from musicdecomp.errors import UserError
+
+from conftest import REPO, tool_env
+
+
+def test_default_params_are_valid(params):
+    validate(params)
+
+
+def test_deep_merge_overrides_leaves_and_keeps_siblings():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 3}
+    out = deep_merge(base, {"a": {"c": [9]}, "e": 4})
+    assert out == {"a": {"b": 1, "c": [9]}, "d": 3, "e": 4}
+    assert base["a"]["c"] == [1, 2]  # the base is not modified
+
+
+def test_tiny_config_only_shrinks_the_run(tiny_params, params):
+    changed = {k for k, v in flatten(tiny_params).items() if flatten(params).get(k) != v}
+    assert changed == {"data.jsb.chords.max_chords", "datasets.jsb_multi.assignments_per_chord",
+                       "figures.n_examples", "data.jsb.source.json_path"}
+
+
+@pytest.mark.parametrize("key, value, words", [
+    (("data", "mel", "n_mels"), 0, "data.mel.n_mels = 0 is out of range"),
+    (("data", "jsb", "chords", "split"), [0.5, 0.5, 0.5], "sum to 1"),
+    (("datasets", "jsb_multi", "programs"), [0, 128], "General MIDI program numbers 0-127"),
+    (("datasets", "jsb_multi", "programs"), [0, 0], "distinct"),
+    (("data", "render", "velocity"), 200, "data.render.velocity = 200"),
+    (("data", "render", "reverb"), "yes", "true or false"),
+])
+def test_out_of_range_params_name_the_key(params, key, value, words):
+    bad = deep_merge(params, {})
+    node = bad
+    for k in key[:-1]:
+        node = node[k]
+    node[key[-1]] = value
+    with pytest.raises(UserError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        validate(bad)
+
+
+def test_unknown_and_missing_params_are_reported(params):
+    with pytest.raises(UserError, match="unknown parameter data.render.gian"):
+        validate(deep_merge(params, {"data": {"render": {"gian": 0.3}}}))
+    bad = deep_merge(params, {})
+    del bad["data"]["mel"]["hop_length"]
+    with pytest.raises(UserError, match="data.mel.hop_length is missing"):
+        validate(bad)
+
+
+def test_step_slices_hold_only_what_the_step_uses(params):
+    assert set(step_config(params, "chords")) == {"data.jsb.chords"}
+    render = step_config(params, "render")
+    assert set(render) == {"data.render", "programs"}
+    assert render["programs"] == [0, 40, 73]  # the union over datasets
+    feats = step_config(params, "features", "jsb_single")
+    assert set(feats) == {"data.mel", "datasets.jsb_single"}
+    with pytest.raises(UserError, match="dataset 'nope' is not defined"):
+        step_config(params, "features", "nope")
+
+
+def test_yaml_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(UserError, match="bad.yaml is not valid YAML"):
+        load_params([bad])
+    with pytest.raises(UserError, match="does not exist"):
+        load_params([tmp_path / "none.yaml"])
+
+
+def test_cli_reports_bad_params_in_one_line_and_exit_2(tmp_path):
+    override = tmp_path / "o.yaml"
+    override.write_text("data:\n  jsb:\n    chords:\n      seed: -1\n")
+    proc = subprocess.run([sys.executable, "-m", "musicdecomp", "chords", "--params", str(REPO / "params.yaml"),
+                           str(override), "--json", "x.json", "--out-csv", "c.csv", "--out-summary", "s.json"],
+                          cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["musicdecomp chords: error: parameter data.jsb.chords.seed = -1 is out of range: expected "
+                     "an integer >= 0; fix it in params.yaml or your override file"]
+    assert not (tmp_path / "c.csv").exists()

@@ -1,0 +1,101 @@
+"""The features step's datasets: ground truth, masks, labels and chord spectrograms, checked from scratch."""
+
+import json
+
+import pytest
+import torch
+
+from musicdecomp.config import step_config
+from musicdecomp.data.datasets import FORMAT, build_dataset, expected_counts, load_split
+from musicdecomp.data.jsb import build_chords, read_chords
+from musicdecomp.data.mel import MelFeatures
+from musicdecomp.data.render import render_notes
+from musicdecomp.errors import UserError
+
+from conftest import REPO
+
+
+def test_tiny_datasets_have_the_expected_examples(tiny_run, tiny_params):
+    chords = read_chords(tiny_run / "results/data/jsb/chords.csv")
+    for name, ds in tiny_params["datasets"].items():
+        summary = json.loads((tiny_run / f"results/data/{name}/summary.json").read_text())
+        assert summary["examples"] == expected_counts(chords, len(ds["programs"]), ds["assignments_per_chord"])
+        assert summary["shapes"]["chord_db"] == [128, 32]
+        assert summary["n_pitch_classes"] == 52
+        assert len(summary["soundfont_sha256"]) == 64
+
+
+@pytest.mark.parametrize("name", ["jsb_single", "jsb_multi"])
+def test_ground_truth_is_recomputed_exactly(tiny_run, tiny_params, name):
+    """Every example's notes, masks, labels and chord spectrogram, checked against the rendered notes."""
+    notes = torch.load(tiny_run / "results/data/notes/notes.pt", weights_only=True)
+    feats = MelFeatures(tiny_params["data"]["mel"], 16000)
+    row_of = {(int(p), int(g)): i for i, (p, g) in enumerate(zip(notes["pitch"], notes["program"]))}
+    chords = read_chords(tiny_run / "results/data/jsb/chords.csv")
+    for split in ("train", "valid", "test"):
+        raw = torch.load(tiny_run / f"results/data/{name}/{split}.pt", weights_only=True)
+        assert raw["format"] == FORMAT and raw["chord_db"].dtype == torch.float16
+        data = load_split(tiny_run / f"results/data/{name}/{split}.pt")
+        b = data.batch(torch.arange(len(data)))
+        split_chords = [c for c, s in chords if s == split]
+        assert b["chord"].shape == (len(data), 1, 128, 32)
+        assert b["notes"].shape == b["masks"].shape == (len(data), 4, 128, 32)
+        for j in range(len(data)):
+            n = int(b["n_notes"][j])
+            assert b["valid"][j].tolist() == [True] * n + [False] * (4 - n)
+            pitches = [data.pitches[int(c)] for c in b["pitch"][j, :n]]
+            programs = [data.programs[int(c)] for c in b["instrument"][j, :n]]
+            assert tuple(pitches) == split_chords[int(raw["chord_id"][j])]
+            rows = [row_of[(p, g)] for p, g in zip(pitches, programs)]
+            truth = feats.db(notes["audio"][rows])  # each note on its own, its own floor
+            assert torch.allclose(b["notes"][j, :n], truth, atol=1e-4)
+            assert torch.equal(b["masks"][j, :n], truth >= -30.0)
+            assert not b["masks"][j, n:].any()
+            chord = feats.db(notes["audio"][rows].sum(0))
+            assert (b["chord"][j, 0] - chord).abs().max() < 0.07  # float16 storage
+        assert b["masks"][b["valid"]].float().mean() > 0.02  # masks are not empty
+
+
+def test_instrument_assignments_differ_within_a_chord(tiny_run):
+    data = load_split(tiny_run / "results/data/jsb_multi/train.pt")
+    raw = torch.load(tiny_run / "results/data/jsb_multi/train.pt", weights_only=True)
+    same_chord = (raw["chord_id"] == raw["chord_id"][0]).nonzero().flatten()
+    assert len(same_chord) == 3  # assignments_per_chord in the tiny config
+    inst = data.instrument[same_chord]
+    assert len({tuple(r.tolist()) for r in inst}) == 3
+    chords = data.chord_db[same_chord]
+    assert not torch.equal(chords[0], chords[1])
+
+
+def test_missing_inputs_are_named(tmp_path, tiny_params):
+    cfg = step_config(tiny_params, "features", "jsb_single")
+    (tmp_path / "chords.csv").write_text("chord,n_notes,split\n60 64,2,train\n")
+    (tmp_path / "summary.json").write_text(json.dumps({"pitches": [60, 64]}))
+    with pytest.raises(UserError, match="notes.pt does not exist; run the render step first"):
+        build_dataset(cfg, "jsb_single", tmp_path / "chords.csv", tmp_path / "summary.json",
+                      tmp_path / "notes.pt", tmp_path / "out")
+    (tmp_path / "notes.pt").write_bytes(b"truncated")
+    with pytest.raises(UserError, match="notes.pt is not a notes file"):
+        build_dataset(cfg, "jsb_single", tmp_path / "chords.csv", tmp_path / "summary.json",
+                      tmp_path / "notes.pt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UserError, match="nope.pt does not exist; build it with the features step"):
+        load_split(tmp_path / "nope.pt")
+
+
+@pytest.mark.slow
+def test_full_jsb_multi(tmp_path_factory, jsb_json, params, soundfont, monkeypatch):
+    """The paper's JSB-multi at full size: 19,719 / 5,634 / 2,826 examples (about 40 s on 2 cores)."""
+    work = tmp_path_factory.mktemp("full")
+    monkeypatch.chdir(work)
+    build_chords(step_config(params, "chords"), jsb_json, work / "chords.csv", work / "chords.json")
+    render_notes(step_config(params, "render"), work / "chords.csv", work / "notes.pt", workers=2)
+    summary = build_dataset(step_config(params, "features", "jsb_multi"), "jsb_multi", work / "chords.csv",
+                            work / "chords.json", work / "notes.pt", work / "jsb_multi")
+    assert summary["examples"] == {"train": 19719, "valid": 5634, "test": 2826}
+    assert summary["shapes"]["bank_db"] == [156, 128, 32]  # 52 pitches x 3 programs
+    assert summary["program_names"] == ["Yamaha Grand Piano", "Violin", "Flute"]
+    test = load_split(work / "jsb_multi" / "test.pt")
+    assert len(test) == 2826 and test.chord_db.shape == (2826, 1, 128, 32)
+    assert set(test.n_notes.tolist()) <= {2, 3, 4}
+    assert test.pitch.max() < 52 and test.instrument.max() < 3

@@ -1,0 +1,103 @@
+"""The workflow under Snakemake and DVC: end to end on the tiny config, no-op reruns, targeted reruns,
+identical outputs from both tools, and bad input failing cleanly."""
+
+import hashlib
+import re
+import shutil
+import sys
+
+import pytest
+import yaml
+
+from musicdecomp.config import deep_merge, load_params
+
+from conftest import REPO, run, snakemake
+
+pytestmark = pytest.mark.slow
+
+TARGETS = [f"results/data/{d}/{f}" for d in ("jsb_single", "jsb_multi")
+           for f in ("train.pt", "valid.pt", "test.pt", "summary.json", "examples.png")]
+
+
+def job_counts(dry_run_stdout: str) -> dict[str, int]:
+    block = dry_run_stdout.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)
+            if m.group(1) != "total"}
+
+
+def test_tiny_pipeline_builds_everything(tiny_run):
+    for t in TARGETS + ["results/data/jsb/chords.csv", "results/data/notes/notes.pt"]:
+        assert (tiny_run / t).stat().st_size > 0, t
+    for log in ("fetch_jsb", "chords", "render", "features/jsb_multi", "figures/jsb_single"):
+        assert "done in" in (tiny_run / f"logs/{log}.log").read_text()
+    assert (tiny_run / "results/data/jsb_multi/examples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_run_does_nothing(tiny_run, tiny_override):
+    proc = snakemake(tiny_run, "all", configfiles=[REPO / "config/tiny.yaml", tiny_override])
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"figures": {"seed": 5}}, {"figures": 2, "all": 1}),
+    ({"data": {"mel": {"mask_db": -40.0}}}, {"features": 2, "figures": 2, "all": 1}),
+    ({"datasets": {"jsb_multi": {"assignments_per_chord": 2}}}, {"features": 1, "figures": 1, "all": 1}),
+    ({"data": {"render": {"velocity": 80}}}, {"render": 1, "features": 2, "figures": 2, "all": 1}),
+    ({"data": {"jsb": {"chords": {"seed": 1}}}}, {"chords": 1, "render": 1, "features": 2, "figures": 2, "all": 1}),
+])
+def test_a_param_change_reruns_only_what_depends_on_it(tiny_run, tiny_override, tmp_path, change, expected):
+    extra = tmp_path / "change.yaml"
+    extra.write_text(yaml.safe_dump(change))
+    proc = snakemake(tiny_run, "all", "-n", configfiles=[REPO / "config/tiny.yaml", tiny_override, extra])
+    assert job_counts(proc.stdout) == expected
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_dvc_repro_produces_the_same_files(tiny_run, tiny_params, tmp_path):
+    """dvc repro in a copy of the project (params = params.yaml + tiny override) equals Snakemake's output."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copy(REPO / "dvc.yaml", proj)
+    shutil.copytree(REPO / "src", proj / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (proj / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
+    dvc = [sys.executable, "-m", "dvc"]
+    run(dvc + ["init", "--no-scm", "-q"], cwd=proj)
+    run(dvc + ["repro", "-q"], cwd=proj)
+    for t in TARGETS + ["results/data/jsb/chords.csv", "results/data/notes/notes.pt"]:
+        if t.endswith(".png"):
+            assert (proj / t).stat().st_size > 0
+        else:
+            assert sha(proj / t) == sha(tiny_run / t), t
+    assert "up to date" in run(dvc + ["status"], cwd=proj).stdout
+    # one param changed: only the stages that depend on it are out of date
+    changed = deep_merge(tiny_params, {"figures": {"seed": 5}})
+    (proj / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    status = run(dvc + ["status", "--json"], cwd=proj).stdout
+    assert set(yaml.safe_load(status)) == {"figures@jsb_single", "figures@jsb_multi"}
+
+
+def test_bad_input_fails_cleanly_under_snakemake(tmp_path, tiny_override):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"data": {"render": {"soundfont": "/nowhere/FluidR3_GM.sf2"}}}))
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = snakemake(work, "results/data/notes/notes.pt",
+                     configfiles=[REPO / "config/tiny.yaml", tiny_override, bad], check=False)
+    assert proc.returncode != 0
+    assert ("musicdecomp render: error: soundfont /nowhere/FluidR3_GM.sf2 does not exist; install it "
+            "(apt-get install fluid-soundfont-gm") in proc.stderr
+    assert not (work / "results/data/notes/notes.pt").exists()
+    assert not list((work / "results/data/notes").glob(".*tmp*"))
+    assert "error: soundfont" in (work / "logs/render.log").read_text()
+
+
+def test_out_of_range_param_stops_snakemake_before_any_job(tmp_path, tiny_override):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"data": {"mel": {"n_mels": -3}}}))
+    proc = snakemake(tmp_path, "all", "-n", configfiles=[REPO / "config/tiny.yaml", tiny_override, bad],
+                     check=False)
+    assert proc.returncode != 0
+    assert "params: parameter data.mel.n_mels = -3 is out of range" in proc.stderr + proc.stdout
