@@ -13,6 +13,7 @@ configfile: os.path.join(workflow.basedir, "params.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/musicslots.smk"
 
 
 rule all:

@@ -17,6 +17,12 @@ PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 APT_PACKAGES=(libfluidsynth3 fluid-soundfont-gm)
 say() { printf '[setup] %s\n' "$*" >&2; }
+pip_install() {
+    # some pip configurations print a harmless "Location ... is ignored" line per package: drop those
+    local rc=0
+    .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2 || rc=$?
+    [ "$rc" -eq 0 ] || { say "pip install $* failed (exit $rc)"; exit "$rc"; }
+}
 
 # 1. system packages -------------------------------------------------------------------------------
 missing=()
@@ -45,9 +51,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     case "$version" in 3.11|3.12) ;; *) say "Python $version found; musicdecomp is pinned for 3.11 (set PYTHON=...)"; exit 1;; esac
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
     say "installing pinned Python packages into .venv (first time: a few minutes, about 6 GB)"
-    .venv/bin/python -m pip install -q -r requirements.txt
+    pip_install -r requirements.txt
     # 3. the package itself
-    .venv/bin/python -m pip install -q --no-deps -e .
+    pip_install --no-deps -e .
     echo "$want" > "$stamp"
     say "environment ready: .venv"
 fi

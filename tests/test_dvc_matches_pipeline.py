@@ -1,23 +1,32 @@
-"""dvc.yaml and the Snakemake rules follow the same step table (src/musicdecomp/pipeline.py)."""
+"""dvc.yaml and the Snakemake rules follow the same step table (src/musicdecomp/pipeline.py) and, for the
+MusicSlots sweep, the same list of runs (musicdecomp.sweep)."""
 
 import re
+import subprocess
+import sys
 
 import yaml
 
 from musicdecomp.pipeline import STEPS
+from musicdecomp.sweep import musicslots_runs, run_dir
 
-from conftest import REPO
+from conftest import REPO, tool_env
+
+
+def step_of(stage: str) -> str:
+    """train_musicslots_slots -> train_musicslots (the sweep's matrices share one step)."""
+    return stage if stage in STEPS else stage.rsplit("_", 1)[0]
 
 
 def dvc_stages(params):
+    """Stage name -> stage, with foreach stages expanded over the datasets; matrix stages kept whole."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     out = {}
     for name, stage in stages.items():
         if "foreach" in stage:
             assert stage["foreach"] == "${datasets}"
             for ds in params["datasets"]:
-                text = yaml.safe_dump(stage["do"]).replace("${key}", ds)
-                out[(name, ds)] = yaml.safe_load(text)
+                out[(name, ds)] = yaml.safe_load(yaml.safe_dump(stage["do"]).replace("${key}", ds))
         else:
             out[(name, None)] = stage
     return out
@@ -25,25 +34,35 @@ def dvc_stages(params):
 
 def test_every_step_has_a_dvc_stage_and_a_snakemake_rule(params):
     stages = dvc_stages(params)
-    assert {name for name, _ in stages} == set(STEPS)
-    rules = set(re.findall(r"^rule (\w+):", (REPO / "workflow/rules/data.smk").read_text(), re.M))
+    assert {step_of(name) for name, _ in stages} == set(STEPS)
+    rules = set()
+    for smk in (REPO / "workflow/rules").glob("*.smk"):
+        rules |= set(re.findall(r"^rule (\w+):", smk.read_text(), re.M))
     assert rules == set(STEPS)
 
 
 def test_dvc_tracks_the_same_params_and_code(params):
     for (name, ds), stage in dvc_stages(params).items():
-        step = STEPS[name]
-        tracked = [p.split("#")[0].strip() for p in stage["params"]]
+        step = STEPS[step_of(name)]
+        tracked = [p.split("#")[0].strip() for p in stage.get("params", [])]
         assert tracked == step.dvc_param_keys(ds), name
-        code = [d for d in stage["deps"] if d.startswith("src/")]
+        code = [d.split("#")[0].strip() for d in stage["deps"] if d.startswith("src/")]
         assert code == step.code_files(), name
-        assert stage["cmd"].startswith(f"python -m musicdecomp {name.replace('_', '-')} ")
+        assert stage["cmd"].startswith(f"python -m musicdecomp {step_of(name).replace('_', '-')} ")
         assert "--log logs/" in stage["cmd"]
 
 
 def test_snakemake_rules_call_the_same_entry_points():
-    text = (REPO / "workflow/rules/data.smk").read_text()
+    text = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
     for name in STEPS:
         body = text.split(f"rule {name}:")[1].split("\nrule ")[0]
-        assert f'"{{PY}} -m musicdecomp {name.replace("_", "-")} --config {{params.cfg:q}}' in body
-        assert f'code("{name}")' in body and f'step_params("{name}"' in body
+        assert f'"{{PY}} -m musicdecomp {name.replace("_", "-")} ' in body
+        assert f'code("{name}")' in body or name == "mlflow_init"
+
+
+def test_dvc_builds_the_same_musicslots_runs_as_snakemake(params):
+    listing = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=REPO, env=tool_env(),
+                             capture_output=True, text=True, check=True).stdout
+    outs = set(re.findall(r"(results/musicslots/[^,\s]+)/best\.pt", listing))
+    assert outs == {run_dir(d, v, s) for d, v, s in musicslots_runs(params)}
+    assert len(outs) == 60 + 15 + 5  # grid (3 masks x 2 strides x 2 x 5 seeds), slot counts, single-instrument

@@ -21,8 +21,13 @@ from musicdecomp.logs import get_logger, log_to_files, setup_logging
 def _step_cfg(args: argparse.Namespace, step: str) -> dict:
     if args.config is None:
         # the same JSON round trip as Snakemake's --config, so both tools hand the step the same object
-        args.config = to_json(step_config(load_params(args.params), step, getattr(args, "dataset", None)))
+        args.config = to_json(step_config(load_params(args.params), step, getattr(args, "dataset", None),
+                                          getattr(args, "variant", None), getattr(args, "seed", None)))
     return from_json(args.config)
+
+
+def _tracking(args) -> dict | None:
+    return {"mlflow_uri": args.tracking_uri, "experiment": args.experiment} if args.tracking_uri else None
 
 
 def cmd_fetch_jsb(args):
@@ -49,6 +54,32 @@ def cmd_features(args):
 def cmd_figures(args):
     from musicdecomp.data.figures import plot_examples
     plot_examples(_step_cfg(args, "figures"), args.dataset, args.split, args.out)
+
+
+def cmd_mlflow_init(args):
+    from musicdecomp.train.tracking import init_experiment
+    init_experiment(args.tracking_uri, args.experiment, args.artifacts, args.out)
+
+
+def cmd_train_musicslots(args):
+    from musicdecomp.train.musicslots import train_musicslots
+    train_musicslots(_step_cfg(args, "train_musicslots"), args.data_dir, args.run_dir, device=args.device,
+                     tracking=_tracking(args), threads=args.threads)
+
+
+def cmd_eval_musicslots(args):
+    from musicdecomp.eval.musicslots import evaluate_run
+    evaluate_run(args.run_dir, args.data_dir, args.out, args.figure, device=args.device, tracking=_tracking(args))
+
+
+def cmd_tables_musicslots(args):
+    from pathlib import Path
+
+    from musicdecomp.eval.tables import table1
+    from musicdecomp.sweep import run_dir
+
+    evals = [Path(run_dir(d, v, s)) / "test.json" for d, v, s in _step_cfg(args, "tables_musicslots")["runs"]]
+    table1(evals, Path(args.out_dir) / "table1_musicslots.csv", Path(args.out_dir) / "table1_musicslots.md")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +117,33 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", required=True)
     sp.add_argument("--split", required=True)
     sp.add_argument("--out", required=True)
+
+    def add_tracking(sp):
+        sp.add_argument("--tracking-uri", help="MLflow tracking URI (e.g. sqlite:///results/mlflow/mlflow.db)")
+        sp.add_argument("--experiment", default="musicdecomp", help="MLflow experiment name")
+
+    sp = add("mlflow-init", cmd_mlflow_init, "create the MLflow database and experiment (before parallel runs)")
+    add_tracking(sp)
+    sp.add_argument("--artifacts", required=True, help="artifact folder for the experiment")
+    sp.add_argument("--out", required=True, help="JSON file recording the experiment")
+    sp = add("train-musicslots", cmd_train_musicslots, "train (or resume) one MusicSlots run")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--variant", required=True, help="e.g. none-t1-imp-k7 (see musicdecomp.sweep)")
+    sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--data-dir", required=True)
+    sp.add_argument("--run-dir", required=True)
+    sp.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    sp.add_argument("--threads", type=int, help="CPU threads for torch (CPU runs)")
+    add_tracking(sp)
+    sp = add("eval-musicslots", cmd_eval_musicslots, "test-set note MSE / mIoU and a figure for one run")
+    sp.add_argument("--run-dir", required=True)
+    sp.add_argument("--data-dir", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--figure")
+    sp.add_argument("--device", default="auto")
+    add_tracking(sp)
+    sp = add("tables-musicslots", cmd_tables_musicslots, "Table 1 from the evaluations of the sweep's runs")
+    sp.add_argument("--out-dir", required=True)
     return p
 
 

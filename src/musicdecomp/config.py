@@ -124,7 +124,20 @@ def _programs() -> Check:
 
 
 def _str_list() -> Check:
-    return (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)), "a list of folder paths"
+    return (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)), "a list of names or paths"
+
+
+def _choice(*options: str) -> Check:
+    return (lambda v: v in options), "one of " + ", ".join(options)
+
+
+def _choice_list(*options: str) -> Check:
+    return (lambda v: isinstance(v, list) and all(x in options for x in v)), "a list of " + ", ".join(options)
+
+
+def _int_list() -> Check:
+    return (lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                  for x in v)), "a list of non-negative integers"
 
 
 def _sha256() -> Check:
@@ -168,6 +181,39 @@ SCHEMA: dict[str, Check] = {
     "datasets.*.programs": _programs(),
     "datasets.*.assignments_per_chord": _num(1, integer=True),
     "datasets.*.seed": _num(0, integer=True),
+    "musicslots.model.num_slots": _num(1, 64, integer=True),
+    "musicslots.model.dim": _num(1, 4096, integer=True),
+    "musicslots.model.iters": _num(1, 64, integer=True),
+    "musicslots.model.enc_channels": _num(1, 4096, integer=True),
+    "musicslots.model.enc_layers": _num(1, 16, integer=True),
+    "musicslots.model.kernel": _num(1, 15, integer=True),
+    "musicslots.model.time_stride": _num(1, 4, integer=True),
+    "musicslots.model.mask": _choice("softmax", "sigmoid", "none"),
+    "musicslots.model.implicit": _bool(),
+    "musicslots.model.attention": _choice("standard", "official"),
+    "musicslots.train.steps": _num(1, integer=True),
+    "musicslots.train.batch_size": _num(2, integer=True),
+    "musicslots.train.lr": _num(0, 1, strict_lo=True),
+    "musicslots.train.warmup_steps": _num(0, integer=True),
+    "musicslots.train.cosine_steps": _num(1, integer=True),
+    "musicslots.train.grad_clip": _num(0, strict_lo=True),
+    "musicslots.train.amp": _choice("bf16", "none"),
+    "musicslots.train.log_every": _num(1, integer=True),
+    "musicslots.train.eval_every": _num(1, integer=True),
+    "musicslots.train.val_examples": _optional(_num(1, integer=True)),
+    "musicslots.train.eval_batch_size": _num(1, integer=True),
+    "musicslots.train.checkpoint_every": _num(1, integer=True),
+    "musicslots.train.checkpoint_minutes": _num(0, strict_lo=True),
+    "musicslots.sweep.datasets": _str_list(),
+    "musicslots.sweep.seeds": _int_list(),
+    "musicslots.sweep.grid.mask": _choice_list("softmax", "sigmoid", "none"),
+    "musicslots.sweep.grid.time_stride": _int_list(),
+    "musicslots.sweep.grid.implicit": (lambda v: isinstance(v, list) and all(isinstance(x, bool) for x in v),
+                                       "a list of true/false"),
+    "musicslots.sweep.num_slots": _int_list(),
+    "musicslots.sweep.single_instrument": _str_list(),
+    "tracking.mlflow_uri": _optional(_str()),
+    "tracking.experiment": _str(),
     "figures.n_examples": _num(1, 16, integer=True),
     "figures.seed": _num(0, integer=True),
 }
@@ -207,13 +253,40 @@ def validate(params: dict, prefix: str = "") -> None:
                 raise UserError(f"parameter data.mel.f_max = {mel['f_max']} must exceed data.mel.f_min = {mel['f_min']}")
             if mel["hop_length"] > mel["n_fft"]:
                 raise UserError("parameter data.mel.hop_length must not exceed data.mel.n_fft")
+    if (not prefix or prefix == "musicslots" or prefix.startswith("musicslots.sweep")) and "musicslots" in params:
+        ms = params["musicslots"]
+        sweep, base = ms["sweep"], ms["model"]
+        # the ablations add runs beside the grid; listing a run twice would make DVC stages collide
+        if base["num_slots"] in sweep["num_slots"]:
+            raise UserError(f"musicslots.sweep.num_slots lists {base['num_slots']}, the base model's slot count, "
+                            f"which the grid already trains; remove it")
+        both = set(sweep["single_instrument"]) & set(sweep["datasets"])
+        if both:
+            raise UserError(f"musicslots.sweep.single_instrument repeats {sorted(both)} from musicslots.sweep.datasets")
+        for ds in sweep["datasets"] + sweep["single_instrument"]:
+            if ds not in params.get("datasets", {}):
+                raise UserError(f"musicslots.sweep names dataset {ds!r}, which datasets: in params.yaml does not define")
 
 
 # --- per-step slices -----------------------------------------------------------------------------------
 
-def step_config(params: dict, step: str, dataset: str | None = None) -> dict:
+def step_config(params: dict, step: str, dataset: str | None = None, variant: str | None = None,
+                seed: int | None = None) -> dict:
     """The parameters ``step`` depends on, resolved from the full params (validated)."""
     from musicdecomp.pipeline import STEPS
+
+    if step == "train_musicslots":
+        from musicdecomp.sweep import train_config
+
+        validate(params, "musicslots")
+        if dataset is None or variant is None or seed is None:
+            raise UserError("train-musicslots needs --dataset, --variant and --seed")
+        return train_config(params, dataset, variant, int(seed))
+    if step == "tables_musicslots":
+        from musicdecomp.sweep import tables_config
+
+        validate(params, "musicslots")
+        return tables_config(params)
 
     if step not in STEPS:
         raise UserError(f"unknown step {step!r}; known steps: {', '.join(STEPS)}")

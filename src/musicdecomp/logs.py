@@ -42,10 +42,27 @@ def log_to_files(message: str) -> None:
 
 
 def progress(iterable=None, **kwargs):
-    """A tqdm progress bar on stderr (disabled when stderr is not a terminal and MUSICDECOMP_PROGRESS=0)."""
+    """A tqdm progress bar on stderr; MUSICDECOMP_PROGRESS=0 turns it off. Without tqdm (a bare GPU
+    machine) it is a plain pass-through."""
     import os
 
-    from tqdm import tqdm
-
     disable = os.environ.get("MUSICDECOMP_PROGRESS", "1") == "0"
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar(iterable)
     return tqdm(iterable, file=sys.stderr, disable=disable, mininterval=1.0, **kwargs)
+
+
+class _NoBar:
+    def __init__(self, iterable=None):
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

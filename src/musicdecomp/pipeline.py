@@ -43,4 +43,13 @@ STEPS: dict[str, Step] = {
     "features": Step(params=("data.mel", "datasets.{dataset}"), code=("data/datasets.py", "data/mel.py"),
                      per_dataset=True),
     "figures": Step(params=("figures", "data.mel.mask_db"), code=("data/figures.py",), per_dataset=True),
+    "mlflow_init": Step(params=("tracking",), code=("train/tracking.py",)),
+    # one MusicSlots run per (dataset, variant, seed); its slice is resolved by musicdecomp.sweep.train_config
+    "train_musicslots": Step(params=("musicslots.model", "musicslots.train"),
+                             code=("models/encoder.py", "models/slot_attention.py", "models/decoder.py",
+                                   "models/musicslots.py", "train/musicslots.py", "train/schedule.py",
+                                   "eval/metrics.py"),
+                             per_dataset=True),
+    "eval_musicslots": Step(params=(), code=("eval/musicslots.py", "eval/metrics.py"), per_dataset=True),
+    "tables_musicslots": Step(params=("musicslots.model", "musicslots.sweep"), code=("eval/tables.py",)),
 }

@@ -22,9 +22,9 @@ wildcard_constraints:
     dataset="|".join(re.escape(d) for d in DATASETS),
 
 
-def step_params(step, dataset=None):
+def step_params(step, dataset=None, variant=None, seed=None):
     """The step's parameter slice as JSON: Snakemake's params rerun trigger sees exactly what the step uses."""
-    return to_json(step_config(config, step, dataset))
+    return to_json(step_config(config, step, dataset, variant, seed))
 
 
 def code(step):
@@ -40,4 +40,4 @@ def all_targets():
     targets = []
     for d in DATASETS:
         targets += dataset_outputs(d) + [f"results/data/{d}/examples.png"]
-    return targets
+    return targets + ["results/tables/table1_musicslots.md"]

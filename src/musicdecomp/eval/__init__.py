@@ -1,0 +1,1 @@
+"""Evaluation: metrics, probes and result tables."""

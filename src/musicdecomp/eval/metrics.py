@@ -1,0 +1,53 @@
+"""Note discovery metrics of MusicSlots (official definitions, see docs/musicslots.md).
+
+* **note MSE**: per example, the (notes x slots) matrix of per-pixel mean squared dB error between each
+  ground-truth note and each slot, Hungarian-matched to *minimise*; matched errors averaged over the notes,
+  then over examples (dB^2 per pixel).
+* **mIoU**: the same with binary masks (dB >= -30), matched separately to *maximise* IoU (an empty union
+  counts as IoU 0 with denominator 1), averaged over notes, then examples.
+
+Unmatched slots (K > number of notes) are ignored. Matching uses the ground truth, as the official code does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+
+def cost_matrices(notes_db: torch.Tensor, slot_db: torch.Tensor, mask_db: float):
+    """notes (B, V, F, T), slots (B, K, F, T) -> mse (B, V, K), iou (B, V, K) (float32, on the same device)."""
+    notes_db, slot_db = notes_db.float(), slot_db.float()
+    mse = ((notes_db[:, :, None] - slot_db[:, None]) ** 2).mean(dim=(-2, -1))
+    gt = (notes_db >= mask_db).float().flatten(2)      # (B, V, P)
+    pred = (slot_db >= mask_db).float().flatten(2)     # (B, K, P)
+    inter = torch.einsum("bvp,bkp->bvk", gt, pred)
+    union = gt.sum(-1)[:, :, None] + pred.sum(-1)[:, None, :] - inter
+    iou = inter / torch.where(union > 0, union, torch.ones_like(union))
+    return mse, iou
+
+
+def hungarian(cost: np.ndarray, maximize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = linear_sum_assignment(cost, maximize=maximize)
+    return rows, cols
+
+
+def note_metrics(notes_db: torch.Tensor, slot_db: torch.Tensor, n_notes: torch.Tensor, mask_db: float = -30.0):
+    """Per-example note MSE and IoU, and the MSE matching (slot index per note, -1 for padding).
+
+    Returns dict of numpy arrays: mse (B,), iou (B,), match (B, V).
+    """
+    mse, iou = cost_matrices(notes_db, slot_db, mask_db)
+    mse, iou, n_notes = mse.cpu().numpy(), iou.cpu().numpy(), n_notes.cpu().numpy()
+    b, v, _ = mse.shape
+    out_mse, out_iou = np.zeros(b), np.zeros(b)
+    match = np.full((b, v), -1, dtype=np.int64)
+    for i in range(b):
+        n = int(n_notes[i])
+        r, c = hungarian(mse[i, :n])
+        out_mse[i] = mse[i, :n][r, c].mean()
+        match[i, r] = c
+        r, c = hungarian(iou[i, :n], maximize=True)
+        out_iou[i] = iou[i, :n][r, c].mean()
+    return {"mse": out_mse, "iou": out_iou, "match": match}

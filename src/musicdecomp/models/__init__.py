@@ -1,0 +1,1 @@
+"""Models: plain nn.Modules with explicit constructor arguments."""

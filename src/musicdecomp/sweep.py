@@ -1,0 +1,73 @@
+"""The MusicSlots sweep: which (dataset, variant, seed) runs `all` trains, and each run's resolved config.
+
+A variant is named after the model settings it changes, ``<mask>-t<time_stride>-imp_<true|false>-k<num_slots>``
+(e.g. ``none-t1-imp_true-k7``: no mask, time stride 1, implicit differentiation, 7 slots); everything else
+comes from ``musicslots.model``. The name is spelled so that dvc.yaml can build it from the parameter values.
+Any such name can be built on request
+(``snakemake results/musicslots/jsb_multi/none-t2-imp_false-k5/seed3/test.json``), not only the swept ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+from musicdecomp.errors import UserError
+
+VARIANT_RE = re.compile(r"^(softmax|sigmoid|none)-t(\d+)-imp_(true|false)-k(\d+)$")
+
+
+def variant_name(model: dict) -> str:
+    return f"{model['mask']}-t{model['time_stride']}-imp_{str(model['implicit']).lower()}-k{model['num_slots']}"
+
+
+def variant_model(base: dict, variant: str) -> dict:
+    m = VARIANT_RE.match(variant)
+    if not m:
+        raise UserError(f"variant {variant!r} is not <softmax|sigmoid|none>-t<stride>-imp_<true|false>-k<slots>, "
+                        f"e.g. none-t1-imp_true-k7")
+    return {**base, "mask": m.group(1), "time_stride": int(m.group(2)), "implicit": m.group(3) == "true",
+            "num_slots": int(m.group(4))}
+
+
+def musicslots_runs(params: dict) -> list[tuple[str, str, int]]:
+    """(dataset, variant, seed) for every run of the sweep, without duplicates, in a stable order."""
+    ms = params["musicslots"]
+    base, sweep = ms["model"], ms["sweep"]
+    variants = []
+    keys = list(sweep["grid"])
+    for values in itertools.product(*(sweep["grid"][k] for k in keys)):
+        variants.append(variant_name({**base, **dict(zip(keys, values))}))
+    runs = []
+    for ds in sweep["datasets"]:
+        for v in variants + [variant_name({**base, "num_slots": k}) for k in sweep["num_slots"]]:
+            runs += [(ds, v, s) for s in sweep["seeds"]]
+    for ds in sweep["single_instrument"]:
+        runs += [(ds, variant_name(base), s) for s in sweep["seeds"]]
+    seen, out = set(), []
+    for r in runs:
+        if r not in seen:
+            seen.add(r)
+            out.append(r)
+    return out
+
+
+def run_name(dataset: str, variant: str, seed: int) -> str:
+    return f"{dataset}/{variant}/seed{seed}"
+
+
+def run_dir(dataset: str, variant: str, seed: int) -> str:
+    return f"results/musicslots/{run_name(dataset, variant, seed)}"
+
+
+def tables_config(params: dict) -> dict:
+    """What Table 1 depends on: the list of runs (their evaluations are its inputs)."""
+    return {"runs": [list(r) for r in musicslots_runs(params)]}
+
+
+def train_config(params: dict, dataset: str, variant: str, seed: int) -> dict:
+    """Everything a MusicSlots training run depends on (tracking settings excluded: they do not change it)."""
+    if dataset not in params["datasets"]:
+        raise UserError(f"dataset {dataset!r} is not defined under datasets: in params.yaml")
+    return {"run_name": run_name(dataset, variant, seed), "dataset": dataset, "variant": variant, "seed": int(seed),
+            "model": variant_model(params["musicslots"]["model"], variant), "train": params["musicslots"]["train"]}

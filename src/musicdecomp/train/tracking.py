@@ -1,0 +1,83 @@
+"""Run tracking: every metric goes to ``metrics.jsonl`` in the run folder, and to MLflow when a tracking
+URI is configured and mlflow is installed. A resumed run continues the same MLflow run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from musicdecomp.logs import get_logger
+
+log = get_logger("tracking")
+
+
+def flat_params(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_params(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)
+    return out
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, tracking: dict | None, run_name: str, params: dict, tags: dict,
+                 resume_step: int = 0, mlflow_run_id: str | None = None):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step and self.path.exists():  # drop what was logged after the checkpoint we resume from
+            kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l)["step"] <= resume_step]
+            self.path.write_text("".join(l + "\n" for l in kept))
+        elif self.path.exists():
+            self.path.unlink()
+        self.mlflow = None
+        self.run_id = None
+        if tracking and tracking.get("mlflow_uri"):
+            try:
+                import mlflow
+            except ImportError:
+                log.warning("mlflow is not installed: metrics go to %s only (ingest them later)", self.path)
+            else:
+                mlflow.set_tracking_uri(tracking["mlflow_uri"])
+                exp = mlflow.get_experiment_by_name(tracking["experiment"])
+                exp_id = exp.experiment_id if exp else mlflow.create_experiment(tracking["experiment"])
+                if mlflow_run_id:
+                    run = mlflow.start_run(run_id=mlflow_run_id)
+                else:
+                    run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
+                    mlflow.log_params(flat_params(params))
+                self.mlflow, self.run_id = mlflow, run.info.run_id
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.mlflow:
+            self.mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()}, step=step)
+
+    def artifact(self, path: str | Path) -> None:
+        if self.mlflow and Path(path).exists():
+            self.mlflow.log_artifact(str(path))
+
+    def close(self, status: str = "FINISHED") -> None:
+        if self.mlflow:
+            self.mlflow.end_run(status=status)
+            self.mlflow = None
+
+
+def init_experiment(uri: str, experiment: str, artifacts: str | Path, out: str | Path) -> str:
+    """Create the MLflow database and experiment once, before parallel training jobs (SQLite's schema
+    creation is not safe under concurrent first use)."""
+    import mlflow
+
+    from musicdecomp.io import ensure_parent, write_json
+
+    if uri.startswith("sqlite:///"):
+        ensure_parent(uri[len("sqlite:///"):])
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else mlflow.create_experiment(
+        experiment, artifact_location=Path(artifacts).resolve().as_uri())
+    write_json(out, {"tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id})
+    log.info("MLflow experiment %s (id %s) at %s", experiment, exp_id, uri)
+    return exp_id
