@@ -76,9 +76,21 @@ def tiny_params(params, tiny_override) -> dict:
                       yaml.safe_load(tiny_override.read_text()))
 
 
+DATA_TARGETS = [f"results/data/{d}/{f}" for d in ("jsb_single", "jsb_multi")
+                for f in ("train.pt", "valid.pt", "test.pt", "summary.json", "examples.png")]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_override, soundfont) -> Path:
-    """The tiny config run once end to end through Snakemake; returns its work folder."""
+    """The tiny config's data stages run once through Snakemake; returns its work folder."""
     workdir = tmp_path_factory.mktemp("tiny_snakemake")
-    snakemake(workdir, "all", configfiles=[REPO / "config" / "tiny.yaml", tiny_override])
+    snakemake(workdir, *DATA_TARGETS, configfiles=[REPO / "config" / "tiny.yaml", tiny_override])
     return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_all(tiny_run, tiny_override) -> Path:
+    """The whole tiny chain (`all`: data, every MusicSlots variant of the sweep, evaluations, tables) in the
+    same work folder. Training jobs ask for a `gpu` resource; on CPU two may run at once."""
+    snakemake(tiny_run, "all", "--resources", "gpu=2", configfiles=[REPO / "config" / "tiny.yaml", tiny_override])
+    return tiny_run

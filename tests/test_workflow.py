@@ -2,6 +2,7 @@
 identical outputs from both tools, and bad input failing cleanly."""
 
 import hashlib
+import json
 import re
 import shutil
 import sys
@@ -11,12 +12,11 @@ import yaml
 
 from musicdecomp.config import deep_merge, load_params
 
-from conftest import REPO, run, snakemake
+from conftest import DATA_TARGETS, REPO, run, snakemake
 
 pytestmark = pytest.mark.slow
 
-TARGETS = [f"results/data/{d}/{f}" for d in ("jsb_single", "jsb_multi")
-           for f in ("train.pt", "valid.pt", "test.pt", "summary.json", "examples.png")]
+TARGETS = DATA_TARGETS
 
 
 def job_counts(dry_run_stdout: str) -> dict[str, int]:
@@ -33,22 +33,57 @@ def test_tiny_pipeline_builds_everything(tiny_run):
     assert (tiny_run / "results/data/jsb_multi/examples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_second_run_does_nothing(tiny_run, tiny_override):
-    proc = snakemake(tiny_run, "all", configfiles=[REPO / "config/tiny.yaml", tiny_override])
+def test_tiny_sweep_trains_every_variant_and_makes_table1(tiny_all, tiny_params):
+    from musicdecomp.sweep import musicslots_runs
+
+    runs = musicslots_runs(tiny_params)
+    assert len(runs) == 28  # 12 grid variants + 1 slot count on jsb_multi, 1 on jsb_single; 2 seeds each
+    for d, v, s in runs:
+        ev = json.loads((tiny_all / f"results/musicslots/{d}/{v}/seed{s}/test.json").read_text())
+        assert ev["variant"] == v and ev["seed"] == s and 0.0 <= ev["test"]["miou"] <= 1.0
+    md = (tiny_all / "results/tables/table1_musicslots.md").read_text()
+    assert md.count("\n| jsb_") == 14 and "13.47" in md
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_all}/results/mlflow/mlflow.db")
+    found = mlflow.search_runs(experiment_names=["musicdecomp"])
+    assert set(found["tags.mlflow.runName"]) == {f"{d}/{v}/seed{s}" for d, v, s in runs}
+    assert found["metrics.test/miou"].notna().all()
+
+
+def test_second_run_does_nothing(tiny_all, tiny_override):
+    proc = snakemake(tiny_all, "all", configfiles=[REPO / "config/tiny.yaml", tiny_override])
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("change, expected", [
     ({"figures": {"seed": 5}}, {"figures": 2, "all": 1}),
-    ({"data": {"mel": {"mask_db": -40.0}}}, {"features": 2, "figures": 2, "all": 1}),
-    ({"datasets": {"jsb_multi": {"assignments_per_chord": 2}}}, {"features": 1, "figures": 1, "all": 1}),
-    ({"data": {"render": {"velocity": 80}}}, {"render": 1, "features": 2, "figures": 2, "all": 1}),
-    ({"data": {"jsb": {"chords": {"seed": 1}}}}, {"chords": 1, "render": 1, "features": 2, "figures": 2, "all": 1}),
+    ({"data": {"mel": {"mask_db": -40.0}}},
+     {"features": 2, "figures": 2, "train_musicslots": 28, "eval_musicslots": 28, "tables_musicslots": 1, "all": 1}),
+    ({"datasets": {"jsb_single": {"seed": 2}}},
+     {"features": 1, "figures": 1, "train_musicslots": 2, "eval_musicslots": 2, "tables_musicslots": 1, "all": 1}),
+    ({"musicslots": {"train": {"lr": 1e-3}}},
+     {"train_musicslots": 28, "eval_musicslots": 28, "tables_musicslots": 1, "all": 1}),
+    ({"musicslots": {"sweep": {"seeds": [0, 1, 2]}}},
+     {"train_musicslots": 14, "eval_musicslots": 14, "tables_musicslots": 1, "all": 1}),
+    ({"tracking": {"experiment": "other"}}, {}),
 ])
-def test_a_param_change_reruns_only_what_depends_on_it(tiny_run, tiny_override, tmp_path, change, expected):
+def test_a_param_change_reruns_only_what_depends_on_it(tiny_all, tiny_override, tmp_path, change, expected):
     extra = tmp_path / "change.yaml"
     extra.write_text(yaml.safe_dump(change))
-    proc = snakemake(tiny_run, "all", "-n", configfiles=[REPO / "config/tiny.yaml", tiny_override, extra])
+    proc = snakemake(tiny_all, "all", "-n", configfiles=[REPO / "config/tiny.yaml", tiny_override, extra])
+    assert (job_counts(proc.stdout) if expected else {}) == expected, proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"data": {"render": {"velocity": 80}}}, {"render": 1, "features": 2, "figures": 2}),
+    ({"data": {"jsb": {"chords": {"seed": 1}}}}, {"chords": 1, "render": 1, "features": 2, "figures": 2}),
+    ({"datasets": {"jsb_multi": {"assignments_per_chord": 2}}}, {"features": 1, "figures": 1}),
+])
+def test_a_data_param_change_reruns_only_the_data_it_touches(tiny_run, tiny_override, tmp_path, change, expected):
+    extra = tmp_path / "change.yaml"
+    extra.write_text(yaml.safe_dump(change))
+    proc = snakemake(tiny_run, *TARGETS, "-n", configfiles=[REPO / "config/tiny.yaml", tiny_override, extra])
     assert job_counts(proc.stdout) == expected
 
 
@@ -65,17 +100,23 @@ def test_dvc_repro_produces_the_same_files(tiny_run, tiny_params, tmp_path):
     (proj / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
     dvc = [sys.executable, "-m", "dvc"]
     run(dvc + ["init", "--no-scm", "-q"], cwd=proj)
-    run(dvc + ["repro", "-q"], cwd=proj)
+    data_stages = [f"figures@{d}" for d in ("jsb_single", "jsb_multi")]  # and everything upstream
+    run(dvc + ["repro", "-q", *data_stages], cwd=proj)
     for t in TARGETS + ["results/data/jsb/chords.csv", "results/data/notes/notes.pt"]:
         if t.endswith(".png"):
             assert (proj / t).stat().st_size > 0
         else:
             assert sha(proj / t) == sha(tiny_run / t), t
-    assert "up to date" in run(dvc + ["status"], cwd=proj).stdout
+    assert "up to date" in run(dvc + ["status", *data_stages], cwd=proj).stdout
+    # one MusicSlots run (train + eval) through its DVC stages, MLflow database included
+    run(dvc + ["repro", "-q", "eval_musicslots_single@jsb_single-0"], cwd=proj)
+    ev = json.loads((proj / "results/musicslots/jsb_single/none-t1-imp_true-k7/seed0/test.json").read_text())
+    assert ev["run_name"] == "jsb_single/none-t1-imp_true-k7/seed0" and ev["test"]["examples"] > 0
+    assert (proj / "results/mlflow/mlflow.db").is_file()
     # one param changed: only the stages that depend on it are out of date
     changed = deep_merge(tiny_params, {"figures": {"seed": 5}})
     (proj / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
-    status = run(dvc + ["status", "--json"], cwd=proj).stdout
+    status = run(dvc + ["status", "--json", *data_stages, "eval_musicslots_single@jsb_single-0"], cwd=proj).stdout
     assert set(yaml.safe_load(status)) == {"figures@jsb_single", "figures@jsb_multi"}
 
 

@@ -31,7 +31,7 @@ def plot_examples(cfg: dict, dataset: str, split_pt: str | Path, out_png: str | 
     gen = torch.Generator().manual_seed(fig_cfg["seed"])
     n = min(fig_cfg["n_examples"], len(data))
     idx = torch.randperm(len(data), generator=gen)[:n]
-    b = data.batch(idx)
+    b = {k: v.numpy() for k, v in data.batch(idx).items()}
     voices = b["notes"].shape[1]
     fig, axes = plt.subplots(2 * n, voices + 1, figsize=(2.0 * (voices + 1), 2.6 * 2 * n), squeeze=False)
     vmin, vmax = -100.0, float(b["chord"].max())

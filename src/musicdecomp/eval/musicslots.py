@@ -82,17 +82,17 @@ def plot_decomposition(model, data, device, out_png, title: str, n: int = 3) -> 
     kw = dict(origin="lower", aspect="auto", cmap="magma", vmin=-100, vmax=float(b["chord"].max()))
     for r in range(len(idx)):
         top, bottom = axes[2 * r], axes[2 * r + 1]
-        top[0].imshow(b["chord"][r, 0].cpu(), **kw)
+        top[0].imshow(b["chord"][r, 0].cpu().numpy(), **kw)
         top[0].set_title("chord", fontsize=7)
-        top[1].imshow(out["recon"][r, 0].float().cpu(), **kw)
+        top[1].imshow(out["recon"][r, 0].float().cpu().numpy(), **kw)
         top[1].set_title("recon", fontsize=7)
         note_of_slot = {int(s): v for v, s in enumerate(match[r]) if s >= 0}
         for s in range(k):
-            top[2 + s].imshow(slot_db[r, s].float().cpu(), **kw)
+            top[2 + s].imshow(slot_db[r, s].float().cpu().numpy(), **kw)
             top[2 + s].set_title(f"slot {s}", fontsize=7)
             if s in note_of_slot:
                 v = note_of_slot[s]
-                bottom[2 + s].imshow(b["notes"][r, v].cpu(), **kw)
+                bottom[2 + s].imshow(b["notes"][r, v].cpu().numpy(), **kw)
                 bottom[2 + s].set_title(f"note {data.pitches[int(b['pitch'][r, v])]}", fontsize=7)
         for ax in list(top) + list(bottom):
             ax.set_xticks([])

@@ -1,0 +1,74 @@
+"""Note MSE and mIoU on hand-built cases."""
+
+import numpy as np
+import pytest
+import torch
+
+from musicdecomp.eval.metrics import cost_matrices, note_metrics
+
+
+def notes_and_slots():
+    """Two notes (disjoint bands, loud = 0 dB, quiet = -80 dB), five slots: the notes in swapped order,
+    then three empty slots."""
+    floor = -80.0
+    a = torch.full((8, 4), floor)
+    a[:3] = 0.0
+    b = torch.full((8, 4), floor)
+    b[4:6] = -10.0
+    notes = torch.stack([a, b, torch.full((8, 4), floor), torch.full((8, 4), floor)])[None]  # (1, 4, 8, 4)
+    empty = torch.full((8, 4), floor)
+    slots = torch.stack([b, empty, a, empty, empty])[None]
+    return notes, slots
+
+
+def test_perfect_decomposition_in_any_slot_order():
+    notes, slots = notes_and_slots()
+    m = note_metrics(notes, slots, torch.tensor([2]))
+    assert m["iou"][0] == pytest.approx(1.0)
+    assert m["mse"][0] == pytest.approx(0.0, abs=1e-6)
+    assert m["match"][0].tolist() == [2, 0, -1, -1]  # swapped slots are matched back; pads unmatched
+
+
+def test_empty_slots_do_not_match_and_errors_are_averaged_over_notes():
+    notes, slots = notes_and_slots()
+    # the second note's slot is now silent: its best match is an empty slot (IoU 0)
+    slots[0, 0] = -80.0
+    m = note_metrics(notes, slots, torch.tensor([2]))
+    assert m["iou"][0] == pytest.approx(0.5)  # (1 + 0) / 2 notes
+    b_err = ((notes[0, 1] - (-80.0)) ** 2).mean().item()  # note b against silence
+    assert m["mse"][0] == pytest.approx(b_err / 2)
+
+
+def test_iou_values_and_empty_union():
+    gt = torch.full((1, 2, 2, 2), -80.0)
+    gt[0, 0, 0, :] = 0.0           # 2 pixels
+    slots = torch.full((1, 3, 2, 2), -80.0)
+    slots[0, 0, :, 0] = 0.0        # 2 pixels, 1 shared with gt note 0
+    mse, iou = cost_matrices(gt, slots, -30.0)
+    assert iou[0, 0, 0].item() == pytest.approx(1 / 3)
+    assert iou[0, 1, 2].item() == 0.0  # empty note vs empty slot: union 0 -> IoU 0, no division by zero
+    assert mse[0, 0, 1].item() == pytest.approx(2 * 80.0 ** 2 / 4)
+
+
+def test_mse_and_iou_are_matched_separately():
+    # one note; slot 0 has the right shape but the wrong level (better IoU), slot 1 the level but a hole
+    note = torch.full((1, 1, 4, 4), -80.0)
+    note[0, 0, :2] = -20.0
+    s0 = note[0, 0].clone()
+    s0[:2] = -5.0                  # same mask, 15 dB too loud: MSE 8*225/16 = 112.5
+    s1 = note[0, 0].clone()
+    s1[0, 0] = -80.0               # one pixel missing: MSE 3600/16 = 225, IoU 7/8
+    m = note_metrics(note, torch.stack([s0, s1])[None], torch.tensor([1]))
+    assert m["mse"][0] == pytest.approx(112.5)
+    assert m["iou"][0] == pytest.approx(1.0)
+    assert m["match"][0, 0] == 0
+
+
+def test_batch_of_examples_with_different_note_counts():
+    notes, slots = notes_and_slots()
+    notes2 = notes.clone()
+    notes2[0, 2] = notes[0, 0] - 5.0  # a third note, not present in any slot... slot 2 is taken
+    m = note_metrics(torch.cat([notes, notes2]), torch.cat([slots, slots]), torch.tensor([2, 3]))
+    assert m["iou"][0] == pytest.approx(1.0)
+    assert m["iou"][1] == pytest.approx(2 / 3)  # the third note's best free slot is empty
+    assert np.all(m["match"][1, :3] >= 0) and m["match"][1, 3] == -1

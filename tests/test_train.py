@@ -1,0 +1,155 @@
+"""MusicSlots training: resuming (in process and after a real kill), MLflow logging, evaluation, tables."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from musicdecomp.errors import UserError
+from musicdecomp.eval.musicslots import evaluate_run
+from musicdecomp.eval.tables import table1
+from musicdecomp.sweep import musicslots_runs, train_config, variant_model, variant_name
+from musicdecomp.train.musicslots import train_musicslots
+from musicdecomp.train.schedule import learning_rate
+
+from conftest import REPO, tool_env
+
+
+def tiny_cfg(tiny_params, variant="softmax-t2-imp_false-k5", seed=0, **train):
+    cfg = train_config(tiny_params, "jsb_multi", variant, seed)
+    cfg["train"] = {**cfg["train"], "steps": 6, "eval_every": 2, "checkpoint_every": 2, **train}
+    return cfg
+
+
+def test_variant_names_resolve_to_models(tiny_params):
+    base = tiny_params["musicslots"]["model"]
+    m = variant_model(base, "softmax-t2-imp_false-k5")
+    assert (m["mask"], m["time_stride"], m["implicit"], m["num_slots"]) == ("softmax", 2, False, 5)
+    assert m["dim"] == base["dim"] and variant_name(m) == "softmax-t2-imp_false-k5"
+    with pytest.raises(UserError, match="is not <softmax|sigmoid|none>"):
+        variant_model(base, "linear-t1-k7")
+
+
+def test_the_paper_sweep(params):
+    runs = musicslots_runs(params)
+    assert len(runs) == 80 and len(set(runs)) == 80
+    grid = {v for d, v, s in runs if d == "jsb_multi" and v.endswith("-k7")}
+    assert len(grid) == 12
+    assert {v for d, v, s in runs if d == "jsb_single"} == {"none-t1-imp_true-k7"}
+    assert {s for _, _, s in runs} == {0, 12, 22, 32, 42}
+
+
+def test_schedule():
+    assert learning_rate(0, 3e-4, 10000, 500000) == pytest.approx(3e-8, rel=1e-3)
+    assert learning_rate(9999, 3e-4, 10000, 500000) == pytest.approx(3e-4, rel=1e-3)
+    assert learning_rate(99999, 3e-4, 10000, 500000) == pytest.approx(0.905 * 3e-4, rel=1e-2)  # official
+
+
+def test_resume_continues_bit_identically(tiny_run, tiny_params, tmp_path):
+    data = tiny_run / "results/data/jsb_multi"
+    cfg = tiny_cfg(tiny_params)
+    full = train_musicslots(cfg, data, tmp_path / "a", device="cpu", threads=1)
+    stopped = train_musicslots(cfg, data, tmp_path / "b", device="cpu", threads=1, stop_after=4)
+    assert stopped == {"stopped_at": 4} and not (tmp_path / "b/best.pt").exists()
+    resumed = train_musicslots(cfg, data, tmp_path / "b", device="cpu", threads=1)
+    assert resumed["steps"] == full["steps"] == 6 and resumed["best_step"] == full["best_step"]
+    a = torch.load(tmp_path / "a/ckpt/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b/ckpt/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a/metrics.jsonl").read_text() == (tmp_path / "b/metrics.jsonl").read_text()
+    best = torch.load(tmp_path / "b/best.pt", weights_only=True)
+    assert best["config"] == cfg and best["step"] == full["best_step"]
+    for f in ("train.json", "config.json", "curves.png"):
+        assert (tmp_path / "b" / f).stat().st_size > 0
+    # a checkpoint made with other settings is not silently mixed in
+    with pytest.raises(UserError, match="was made with another configuration"):
+        train_musicslots(tiny_cfg(tiny_params, steps=8), data, tmp_path / "b", device="cpu")
+
+
+def test_killed_training_resumes_from_its_checkpoint(tiny_run, tiny_params, tmp_path):
+    cfg = tiny_cfg(tiny_params, "none-t2-imp_true-k3", steps=400, eval_every=200, checkpoint_every=10,
+                   log_every=10)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "musicdecomp", "train-musicslots", "--config", json.dumps(cfg),
+           "--dataset", "jsb_multi", "--variant", cfg["variant"], "--seed", "0",
+           "--data-dir", str(tiny_run / "results/data/jsb_multi"), "--run-dir", str(run_dir), "--device", "cpu",
+           "--threads", "1"]
+    proc = subprocess.Popen(cmd, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run_dir / "ckpt/last.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    assert 10 <= killed_at < 400, "the run should have been killed mid-way"
+    assert not (run_dir / "train.json").exists()
+    done = subprocess.run(cmd + ["--log", str(tmp_path / "resume.log")], env=tool_env(), capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resumed jsb_multi/none-t2-imp_true-k3/seed0 from step {killed_at}" in (tmp_path / "resume.log").read_text()
+    assert json.loads((run_dir / "train.json").read_text())["steps"] == 400
+
+
+def test_mlflow_run_is_logged_and_continued(tiny_run, tiny_params, tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking = {"mlflow_uri": uri, "experiment": "test"}
+    cfg = tiny_cfg(tiny_params, "sigmoid-t1-imp_true-k4")
+    data = tiny_run / "results/data/jsb_multi"
+    train_musicslots(cfg, data, tmp_path / "r", device="cpu", tracking=tracking, stop_after=2)
+    summary = train_musicslots(cfg, data, tmp_path / "r", device="cpu", tracking=tracking)
+    evaluate_run(tmp_path / "r", data, tmp_path / "r/test.json", tmp_path / "r/test.png", device="cpu",
+                 tracking=tracking)
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["test"])
+    assert len(runs) == 1  # the resumed call continued the same run
+    run = runs.iloc[0]
+    assert run["run_id"] == summary["mlflow_run_id"] and run["status"] == "FINISHED"
+    assert run["tags.mlflow.runName"] == "jsb_multi/sigmoid-t1-imp_true-k4/seed0"
+    assert run["params.model.mask"] == "sigmoid" and run["params.train.steps"] == "6"
+    assert run["metrics.test/miou"] == pytest.approx(json.loads((tmp_path / "r/test.json").read_text())["test"]["miou"])
+    history = mlflow.tracking.MlflowClient().get_metric_history(run["run_id"], "train/loss")
+    assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]
+    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run["run_id"])}
+    assert {"best.pt", "curves.png", "test.png"} <= artifacts
+
+
+def test_evaluation_output(tiny_run, tiny_params, tmp_path):
+    data = tiny_run / "results/data/jsb_multi"
+    train_musicslots(tiny_cfg(tiny_params, "none-t1-imp_true-k7"), data, tmp_path / "r", device="cpu")
+    ev = evaluate_run(tmp_path / "r", data, tmp_path / "t.json", tmp_path / "t.png", device="cpu")
+    n_test = len(torch.load(data / "test.pt", weights_only=True)["n_notes"])
+    assert ev["test"]["examples"] == n_test and ev["test"]["note_mse"] > 0 and 0 <= ev["test"]["miou"] <= 1
+    assert json.loads((tmp_path / "t.json").read_text()) == ev
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table1_aggregates_seeds(tmp_path):
+    def ev(variant, seed, mse, miou):
+        mask, t, imp, k = variant.split("-")
+        path = tmp_path / f"{variant}-{seed}.json"
+        path.write_text(json.dumps({"dataset": "jsb_multi", "variant": variant, "seed": seed, "best_step": 10,
+                                    "model": {"mask": mask, "time_stride": int(t[1:]), "implicit": imp == "imp_true",
+                                              "num_slots": int(k[1:])},
+                                    "test": {"note_mse": mse, "miou": miou}}))
+        return path
+    paths = [ev("none-t1-imp_true-k7", 0, 10.0, 0.9), ev("none-t1-imp_true-k7", 1, 14.0, 0.8),
+             ev("softmax-t1-imp_true-k7", 0, 30.0, 0.5)]
+    rows = table1(paths, tmp_path / "t.csv", tmp_path / "t.md")
+    none = next(r for r in rows if r["mask"] == "none")
+    assert none["seeds"] == 2 and none["note_mse_mean"] == 12.0 and none["miou_mean"] == pytest.approx(0.85)
+    assert none["note_mse_std"] == pytest.approx(2.8284, rel=1e-3)  # sample std over seeds
+    md = (tmp_path / "t.md").read_text()
+    assert "| jsb_multi | none | 1 | yes | 7 | 2 | 12.00 ± 2.83 | 0.850 ± 0.071 |" in md
+    assert "13.47" in md and "unverified" in md
+    assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("dataset,variant,mask")
+    with pytest.raises(UserError, match="evaluation\\(s\\) of the sweep are missing"):
+        table1(paths + [tmp_path / "nope.json"], tmp_path / "x.csv", tmp_path / "x.md")
