@@ -12,7 +12,6 @@ from musicdecomp.data.mel import MelFeatures
 from musicdecomp.data.render import render_notes
 from musicdecomp.errors import UserError
 
-from conftest import REPO
 
 
 def test_tiny_datasets_have_the_expected_examples(tiny_run, tiny_params):

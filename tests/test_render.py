@@ -68,8 +68,8 @@ def test_rerun_renders_nothing_and_results_do_not_depend_on_workers(in_tmp, para
     cache = in_tmp / "results" / "cache" / "render"
     for f in cache.rglob("*.npy"):
         f.unlink()
-    rev = tmp_csv = in_tmp / "rev.csv"
-    tmp_csv.write_text("chord,n_notes,split\n43 96,2,train\n60 64 67,3,test\n")
+    rev = in_tmp / "rev.csv"
+    rev.write_text("chord,n_notes,split\n43 96,2,train\n60 64 67,3,test\n")
     render_notes(cfg, rev, in_tmp / "two.pt", workers=2)
     one = torch.load(in_tmp / "one.pt", weights_only=True)
     two = torch.load(in_tmp / "two.pt", weights_only=True)

@@ -1,7 +1,6 @@
 """MusicSlots training: resuming (in process and after a real kill), MLflow logging, evaluation, tables."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from musicdecomp.sweep import musicslots_runs, train_config, variant_model, vari
 from musicdecomp.train.musicslots import train_musicslots
 from musicdecomp.train.schedule import learning_rate
 
-from conftest import REPO, tool_env
+from conftest import tool_env
 
 
 def tiny_cfg(tiny_params, variant="softmax-t2-imp_false-k5", seed=0, **train):

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from musicdecomp.config import deep_merge, load_params
+from musicdecomp.config import deep_merge
 
 from conftest import DATA_TARGETS, REPO, run, snakemake
 

@@ -33,7 +33,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from musicdecomp.errors import UserError
