@@ -36,7 +36,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path
     model.load_state_dict(state["model"])
     res = evaluate(model, test, dev, cfg["train"]["amp"], cfg["train"]["eval_batch_size"], seed=0)
     out = {"run_name": cfg["run_name"], "dataset": cfg["dataset"], "variant": cfg["variant"], "seed": cfg["seed"],
-           "model": cfg["model"], "best_step": state["step"], "val": state["val"],
+           "model": cfg["model"], "best_step": state["step"],
+           "val": {k: v for k, v in state["val"].items() if k != "score"},
            "test": {"note_mse": res["note_mse"], "miou": res["miou"], "recon_mse": res["recon_mse"],
                     "examples": res["examples"]}}
     write_json(out_json, out)

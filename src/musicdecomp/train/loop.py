@@ -1,0 +1,176 @@
+"""One resumable training loop for every model (MusicSlots, baselines, probes).
+
+A task gives the loop three functions: ``sample(generator)`` draws a batch, ``loss(batch, generator)``
+returns the loss to minimise (and extra values to log), ``validate()`` returns metrics with a ``score``
+(higher is better) that selects the best model. The loop owns the rest: Adam with warm-up x cosine learning
+rate, gradient clipping, bf16 autocast on CUDA, logging (metrics.jsonl and MLflow), the best checkpoint, and
+resuming: rerunning continues from ``<run>/ckpt/last.pt`` (every ``checkpoint_every`` steps and at least every
+``checkpoint_minutes``), restoring weights, optimiser and random streams, so an interrupted run ends
+bit-identical to an uninterrupted one on the same device.
+
+Run folder: ``best.pt`` ({model, config, step, val}), ``train.json`` (summary), ``config.json``,
+``metrics.jsonl``, ``curves.png``; ``ckpt/last.pt`` and ``ckpt/best.pt`` (published as best.pt at the end:
+workflow managers delete declared outputs before rerunning a job, ckpt/ survives).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from musicdecomp.errors import UserError
+from musicdecomp.io import atomic_path, copy_file, write_json
+from musicdecomp.logs import get_logger
+from musicdecomp.train.schedule import learning_rate
+from musicdecomp.train.tracking import Tracker
+
+log = get_logger("train")
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {requested!r} was asked for but CUDA is not available; use --device auto or cpu")
+    return torch.device(requested)
+
+
+def autocast(device: torch.device, amp: str):
+    if device.type == "cuda" and amp == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def save(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Module, device: torch.device,
+                 sample: Callable[[torch.Generator], object], loss: Callable[[object, torch.Generator], tuple],
+                 validate: Callable[[], dict], tracking: dict | None = None, tags: dict | None = None,
+                 stop_after: int | None = None) -> dict:
+    """Train ``model`` (already on ``device``) for ``tc["steps"]`` steps; see the module docstring.
+
+    ``cfg`` is the run's whole configuration (saved with it; a checkpoint made with another one is refused);
+    ``tc`` its training settings (lr, warmup_steps, cosine_steps, grad_clip, amp, log_every, eval_every,
+    checkpoint_every, checkpoint_minutes, steps). ``stop_after`` ends the call after that many steps in all,
+    as if killed right after a checkpoint (for tests).
+    """
+    run_dir = Path(run_dir)
+    opt = torch.optim.Adam(model.parameters(), lr=tc["lr"])
+    data_gen = torch.Generator(device=device).manual_seed(cfg["seed"])
+    noise_gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 1)
+    ckpt_path, best_path = run_dir / "ckpt" / "last.pt", run_dir / "ckpt" / "best.pt"
+    step, best, best_step, run_id, elapsed = 0, float("-inf"), -1, None, 0.0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state["config"] != cfg:
+            raise UserError(f"{ckpt_path} was made with another configuration; delete {run_dir} to start over "
+                            f"(or restore the parameters it was made with)")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        data_gen.set_state(state["data_gen"])
+        noise_gen.set_state(state["noise_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        step, best, best_step = state["step"], state["best_score"], state["best_step"]
+        run_id, elapsed = state.get("mlflow_run_id"), state.get("elapsed", 0.0)
+        log.info("resumed %s from step %d (best score %.4f at step %d)", cfg["run_name"], step, best, best_step)
+    tracker = Tracker(run_dir, tracking, cfg["run_name"], cfg, tags or {}, resume_step=step, mlflow_run_id=run_id)
+    write_json(run_dir / "config.json", cfg)
+    t_start = t_ckpt = time.perf_counter()
+    steps_here = 0
+
+    def checkpoint() -> None:
+        save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": cfg,
+                         "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state(),
+                         "torch_rng": torch.get_rng_state(), "best_score": best, "best_step": best_step,
+                         "mlflow_run_id": tracker.run_id, "elapsed": elapsed + time.perf_counter() - t_start})
+
+    model.train()
+    try:
+        while step < tc["steps"]:
+            lr = learning_rate(step, tc["lr"], tc["warmup_steps"], tc["cosine_steps"])
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batch = sample(data_gen)
+            with autocast(device, tc["amp"]):
+                value, extra = loss(batch, noise_gen)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"])
+            opt.step()
+            step += 1
+            steps_here += 1
+            if not torch.isfinite(value):
+                raise UserError(f"{cfg['run_name']}: training diverged at step {step} (loss {value.item()}); "
+                                f"lower the learning rate or check the data")
+            if step % tc["log_every"] == 0 or step == tc["steps"]:
+                tracker.log({"train/loss": value.item(), "train/grad_norm": float(grad_norm), "train/lr": lr,
+                             **{f"train/{k}": float(v) for k, v in extra.items()}}, step)
+            if step % tc["eval_every"] == 0 or step == tc["steps"]:
+                model.eval()
+                with torch.no_grad():
+                    val = validate()
+                model.train()
+                tracker.log({f"val/{k}": float(v) for k, v in val.items()}, step)
+                if val["score"] > best:
+                    best, best_step = val["score"], step
+                    save(best_path, {"model": model.state_dict(), "config": cfg, "step": step,
+                                     "val": {k: float(v) for k, v in val.items()}})
+                log.info("%s step %d loss %.4f val %s (best score %.4f @ %d)", cfg["run_name"], step, value.item(),
+                         " ".join(f"{k} {v:.4f}" for k, v in val.items()), best, best_step)
+            if (step % tc["checkpoint_every"] == 0 or step == tc["steps"]
+                    or time.perf_counter() - t_ckpt > 60 * tc["checkpoint_minutes"]):
+                checkpoint()
+                t_ckpt = time.perf_counter()
+            if stop_after is not None and stop_after <= step < tc["steps"]:
+                checkpoint()
+                tracker.close("KILLED")
+                return {"stopped_at": step}
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    if not best_path.exists():
+        raise UserError(f"{best_path} is missing although training finished; delete {run_dir} and train again")
+    copy_file(best_path, run_dir / "best.pt")
+    wall = time.perf_counter() - t_start
+    summary = {"run_name": cfg["run_name"], "steps": step, "best_step": best_step, "best_val_score": best,
+               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "wall_seconds": elapsed + wall, "steps_per_second": steps_here / max(wall, 1e-9),
+               "parameters": sum(p.numel() for p in model.parameters()), "mlflow_run_id": tracker.run_id}
+    plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", cfg["run_name"])
+    tracker.artifact(run_dir / "curves.png")
+    tracker.artifact(run_dir / "best.pt")
+    write_json(run_dir / "train.json", summary)
+    tracker.close("FINISHED")
+    return summary
+
+
+def plot_curves(metrics_jsonl: Path, out_png: Path, title: str) -> None:
+    """Training loss and every validation metric against steps."""
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line]
+    keys = ["train/loss"] + sorted({k for r in rows for k in r if k.startswith("val/") and k != "val/score"})
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
