@@ -14,6 +14,7 @@ configfile: os.path.join(workflow.basedir, "params.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/musicslots.smk"
+include: "workflow/rules/baselines.smk"
 
 
 rule all:

@@ -25,11 +25,13 @@ def test_deep_merge_overrides_leaves_and_keeps_siblings():
 def test_tiny_config_only_shrinks_the_run(tiny_params, params):
     """The tiny override changes sizes (chords, assignments, model width, steps), never the data protocol."""
     changed = {k for k, v in flatten(tiny_params).items() if flatten(params).get(k) != v}
-    data_changes = {k for k in changed if not k.startswith("musicslots.")}
+    data_changes = {k for k in changed if not k.startswith(("musicslots.", "baselines.", "probe."))}
     assert data_changes == {"data.jsb.chords.max_chords", "datasets.jsb_multi.assignments_per_chord",
                             "figures.n_examples", "data.jsb.source.json_path"}
     assert {k for k in changed if k.startswith("musicslots.model.")} <= {
         "musicslots.model.dim", "musicslots.model.enc_channels", "musicslots.model.iters"}
+    assert not {k for k in changed if k.endswith((".lr", ".batch_size")) and not k.startswith("probe.")} - {
+        "musicslots.train.batch_size", "baselines.vae.train.batch_size", "baselines.cnn.train.batch_size"}
 
 
 @pytest.mark.parametrize("key, value, words", [

@@ -8,14 +8,18 @@ import sys
 import yaml
 
 from musicdecomp.pipeline import STEPS
-from musicdecomp.sweep import musicslots_runs, run_dir
+from musicdecomp.sweep import baseline_dir, baseline_runs, musicslots_runs, probe_runs, run_dir
 
 from conftest import REPO, tool_env
 
 
 def step_of(stage: str) -> str:
-    """train_musicslots_slots -> train_musicslots (the sweep's matrices share one step)."""
-    return stage if stage in STEPS else stage.rsplit("_", 1)[0]
+    """train_musicslots_slots -> train_musicslots, probe_musicslots_single -> probe: several matrices (DVC)
+    or rules (Snakemake) can share one step."""
+    while stage not in STEPS:
+        assert "_" in stage, stage
+        stage = stage.rsplit("_", 1)[0]
+    return stage
 
 
 def dvc_stages(params):
@@ -35,10 +39,7 @@ def dvc_stages(params):
 def test_every_step_has_a_dvc_stage_and_a_snakemake_rule(params):
     stages = dvc_stages(params)
     assert {step_of(name) for name, _ in stages} == set(STEPS)
-    rules = set()
-    for smk in (REPO / "workflow/rules").glob("*.smk"):
-        rules |= set(re.findall(r"^rule (\w+):", smk.read_text(), re.M))
-    assert rules == set(STEPS)
+    assert {step_of(r) for r in snakemake_rules()} == set(STEPS)
 
 
 def test_dvc_tracks_the_same_params_and_code(params):
@@ -52,17 +53,25 @@ def test_dvc_tracks_the_same_params_and_code(params):
         assert "--log logs/" in stage["cmd"]
 
 
+def snakemake_rules() -> dict[str, str]:
+    text = "\n".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
+    return {m.group(1): text[m.end():].split("\nrule ")[0] for m in re.finditer(r"^rule (\w+):", text, re.M)}
+
+
 def test_snakemake_rules_call_the_same_entry_points():
-    text = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
-    for name in STEPS:
-        body = text.split(f"rule {name}:")[1].split("\nrule ")[0]
-        assert f'"{{PY}} -m musicdecomp {name.replace("_", "-")} ' in body
-        assert f'code("{name}")' in body or name == "mlflow_init"
+    for rule, body in snakemake_rules().items():
+        step = step_of(rule)
+        assert f'"{{PY}} -m musicdecomp {step.replace("_", "-")} ' in body, rule
+        assert f'code("{step}")' in body or step == "mlflow_init", rule
 
 
-def test_dvc_builds_the_same_musicslots_runs_as_snakemake(params):
+def test_dvc_builds_the_same_runs_as_snakemake(params):
     listing = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=REPO, env=tool_env(),
                              capture_output=True, text=True, check=True).stdout
     outs = set(re.findall(r"(results/musicslots/[^,\s]+)/best\.pt", listing))
     assert outs == {run_dir(d, v, s) for d, v, s in musicslots_runs(params)}
     assert len(outs) == 60 + 15 + 5  # grid (3 masks x 2 strides x 2 x 5 seeds), slot counts, single-instrument
+    probes = set(re.findall(r"(results/musicslots/[^,\s]+)/probe\.json", listing))
+    assert probes == {run_dir(d, v, s) for d, v, s in probe_runs(params)} and len(probes) == 10
+    baselines = set(re.findall(r"(results/baselines/[^,\s]+)/best\.pt", listing))
+    assert baselines == {baseline_dir(d, b, s) for d, b, s in baseline_runs(params)} and len(baselines) == 30

@@ -34,7 +34,7 @@ def test_tiny_pipeline_builds_everything(tiny_run):
 
 
 def test_tiny_sweep_trains_every_variant_and_makes_table1(tiny_all, tiny_params):
-    from musicdecomp.sweep import musicslots_runs
+    from musicdecomp.sweep import baseline_runs, musicslots_runs, probe_runs
 
     runs = musicslots_runs(tiny_params)
     assert len(runs) == 28  # 12 grid variants + 1 slot count on jsb_multi, 1 on jsb_single; 2 seeds each
@@ -43,12 +43,22 @@ def test_tiny_sweep_trains_every_variant_and_makes_table1(tiny_all, tiny_params)
         assert ev["variant"] == v and ev["seed"] == s and 0.0 <= ev["test"]["miou"] <= 1.0
     md = (tiny_all / "results/tables/table1_musicslots.md").read_text()
     assert md.count("\n| jsb_") == 14 and "13.47" in md
+    t2 = (tiny_all / "results/tables/table2_probes.md").read_text()
+    for label in ("| jsb_multi | MusicSlots (none-t1-imp_true-k7), linear probe on slots | 2 |",
+                  "| jsb_single | MusicSlots (none-t1-imp_true-k7), linear probe on slots | 2 |",
+                  "| jsb_multi | autoencoder, linear probe | 2 |", "| jsb_multi | VAE (KL weight 0.125), linear probe | 2 |",
+                  "| jsb_multi | supervised CNN | 2 |"):
+        assert label in t2
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tiny_all}/results/mlflow/mlflow.db")
     found = mlflow.search_runs(experiment_names=["musicdecomp"])
-    assert set(found["tags.mlflow.runName"]) == {f"{d}/{v}/seed{s}" for d, v, s in runs}
-    assert found["metrics.test/miou"].notna().all()
+    names = set(found["tags.mlflow.runName"])
+    assert {f"{d}/{v}/seed{s}" for d, v, s in runs} <= names
+    assert {f"{d}/{b}/seed{s}" for d, b, s in baseline_runs(tiny_params)} <= names
+    assert {f"{d}/{v}/seed{s}/probe" for d, v, s in probe_runs(tiny_params)} <= names
+    ms = found[found["tags.model"] == "musicslots"]
+    assert len(ms) == 28 and ms["metrics.test/miou"].notna().all()
 
 
 def test_second_run_does_nothing(tiny_all, tiny_override):
@@ -59,13 +69,17 @@ def test_second_run_does_nothing(tiny_all, tiny_override):
 @pytest.mark.parametrize("change, expected", [
     ({"figures": {"seed": 5}}, {"figures": 2, "all": 1}),
     ({"data": {"mel": {"mask_db": -40.0}}},
-     {"features": 2, "figures": 2, "train_musicslots": 28, "eval_musicslots": 28, "tables_musicslots": 1, "all": 1}),
+     {"features": 2, "figures": 2, "train_musicslots": 28, "eval_musicslots": 28, "probe_musicslots": 4,
+      "train_baseline": 6, "probe_baseline": 6, "tables": 1, "all": 1}),
     ({"datasets": {"jsb_single": {"seed": 2}}},
-     {"features": 1, "figures": 1, "train_musicslots": 2, "eval_musicslots": 2, "tables_musicslots": 1, "all": 1}),
+     {"features": 1, "figures": 1, "train_musicslots": 2, "eval_musicslots": 2, "probe_musicslots": 2,
+      "tables": 1, "all": 1}),
     ({"musicslots": {"train": {"lr": 1e-3}}},
-     {"train_musicslots": 28, "eval_musicslots": 28, "tables_musicslots": 1, "all": 1}),
+     {"train_musicslots": 28, "eval_musicslots": 28, "probe_musicslots": 4, "tables": 1, "all": 1}),
     ({"musicslots": {"sweep": {"seeds": [0, 1, 2]}}},
-     {"train_musicslots": 14, "eval_musicslots": 14, "tables_musicslots": 1, "all": 1}),
+     {"train_musicslots": 14, "eval_musicslots": 14, "probe_musicslots": 2, "tables": 1, "all": 1}),
+    ({"baselines": {"cnn": {"train": {"lr": 1e-4}}}}, {"train_baseline": 2, "probe_baseline": 2, "tables": 1, "all": 1}),
+    ({"probe": {"train": {"lr": 1e-4}}}, {"probe_musicslots": 4, "probe_baseline": 6, "tables": 1, "all": 1}),
     ({"tracking": {"experiment": "other"}}, {}),
 ])
 def test_a_param_change_reruns_only_what_depends_on_it(tiny_all, tiny_override, tmp_path, change, expected):

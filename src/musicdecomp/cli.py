@@ -72,14 +72,30 @@ def cmd_eval_musicslots(args):
     evaluate_run(args.run_dir, args.data_dir, args.out, args.figure, device=args.device, tracking=_tracking(args))
 
 
-def cmd_tables_musicslots(args):
+def cmd_train_baseline(args):
+    from musicdecomp.train.baselines import train_baseline
+    train_baseline(_step_cfg(args, "train_baseline"), args.data_dir, args.run_dir, device=args.device,
+                   tracking=_tracking(args), threads=args.threads)
+
+
+def cmd_probe(args):
+    from musicdecomp.eval.probes import probe_run
+    probe_run(_step_cfg(args, "probe"), args.run_dir, args.data_dir, args.out, device=args.device,
+              tracking=_tracking(args))
+
+
+def cmd_tables(args):
     from pathlib import Path
 
-    from musicdecomp.eval.tables import table1
-    from musicdecomp.sweep import run_dir
+    from musicdecomp.eval.tables import table1, table2
+    from musicdecomp.sweep import baseline_dir, run_dir
 
-    evals = [Path(run_dir(d, v, s)) / "test.json" for d, v, s in _step_cfg(args, "tables_musicslots")["runs"]]
-    table1(evals, Path(args.out_dir) / "table1_musicslots.csv", Path(args.out_dir) / "table1_musicslots.md")
+    cfg, out = _step_cfg(args, "tables"), Path(args.out_dir)
+    table1([Path(run_dir(*r)) / "test.json" for r in cfg["runs"]], out / "table1_musicslots.csv",
+           out / "table1_musicslots.md")
+    table2([Path(run_dir(*r)) / "probe.json" for r in cfg["probed"]]
+           + [Path(baseline_dir(*r)) / "probe.json" for r in cfg["baselines"]],
+           out / "table2_probes.csv", out / "table2_probes.md")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--figure")
     sp.add_argument("--device", default="auto")
     add_tracking(sp)
-    sp = add("tables-musicslots", cmd_tables_musicslots, "Table 1 from the evaluations of the sweep's runs")
+    sp = add("train-baseline", cmd_train_baseline, "train (or resume) one baseline run (vae-kl<w> or cnn)")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--variant", required=True, help="the baseline: vae-kl<weight> (vae-kl0.0 = autoencoder) or cnn")
+    sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--data-dir", required=True)
+    sp.add_argument("--run-dir", required=True)
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--threads", type=int)
+    add_tracking(sp)
+    sp = add("probe", cmd_probe, "note-property accuracies of a trained run (linear probes; the CNN directly)")
+    sp.add_argument("--run-dir", required=True)
+    sp.add_argument("--data-dir", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--device", default="auto")
+    add_tracking(sp)
+    sp = add("tables", cmd_tables, "Tables 1 and 2 from the evaluations and probes of the sweep's runs")
     sp.add_argument("--out-dir", required=True)
     return p
 

@@ -146,6 +146,25 @@ def _sha256() -> Check:
     return ok, "null or a hex sha256 digest (or a prefix of at least 8 digits)"
 
 
+def _train_schema(prefix: str) -> dict[str, Check]:
+    """The settings of one training loop (musicdecomp.train.loop)."""
+    return {
+        f"{prefix}.steps": _num(1, integer=True),
+        f"{prefix}.batch_size": _num(2, integer=True),
+        f"{prefix}.lr": _num(0, 1, strict_lo=True),
+        f"{prefix}.warmup_steps": _num(0, integer=True),
+        f"{prefix}.cosine_steps": _num(1, integer=True),
+        f"{prefix}.grad_clip": _optional(_num(0, strict_lo=True)),
+        f"{prefix}.amp": _choice("bf16", "none"),
+        f"{prefix}.log_every": _num(1, integer=True),
+        f"{prefix}.eval_every": _num(1, integer=True),
+        f"{prefix}.val_examples": _optional(_num(1, integer=True)),
+        f"{prefix}.eval_batch_size": _num(1, integer=True),
+        f"{prefix}.checkpoint_every": _num(1, integer=True),
+        f"{prefix}.checkpoint_minutes": _num(0, strict_lo=True),
+    }
+
+
 # Every leaf parameter, by dotted name; '*' matches one level (a dataset name).
 SCHEMA: dict[str, Check] = {
     "data.jsb.source.json_path": _optional(_str()),
@@ -191,19 +210,7 @@ SCHEMA: dict[str, Check] = {
     "musicslots.model.mask": _choice("softmax", "sigmoid", "none"),
     "musicslots.model.implicit": _bool(),
     "musicslots.model.attention": _choice("standard", "official"),
-    "musicslots.train.steps": _num(1, integer=True),
-    "musicslots.train.batch_size": _num(2, integer=True),
-    "musicslots.train.lr": _num(0, 1, strict_lo=True),
-    "musicslots.train.warmup_steps": _num(0, integer=True),
-    "musicslots.train.cosine_steps": _num(1, integer=True),
-    "musicslots.train.grad_clip": _num(0, strict_lo=True),
-    "musicslots.train.amp": _choice("bf16", "none"),
-    "musicslots.train.log_every": _num(1, integer=True),
-    "musicslots.train.eval_every": _num(1, integer=True),
-    "musicslots.train.val_examples": _optional(_num(1, integer=True)),
-    "musicslots.train.eval_batch_size": _num(1, integer=True),
-    "musicslots.train.checkpoint_every": _num(1, integer=True),
-    "musicslots.train.checkpoint_minutes": _num(0, strict_lo=True),
+    **_train_schema("musicslots.train"),
     "musicslots.sweep.datasets": _str_list(),
     "musicslots.sweep.seeds": _int_list(),
     "musicslots.sweep.grid.mask": _choice_list("softmax", "sigmoid", "none"),
@@ -212,6 +219,17 @@ SCHEMA: dict[str, Check] = {
                                        "a list of true/false"),
     "musicslots.sweep.num_slots": _int_list(),
     "musicslots.sweep.single_instrument": _str_list(),
+    "baselines.datasets": _str_list(),
+    "baselines.seeds": _int_list(),
+    "baselines.vae.kld_weights": (lambda v: isinstance(v, list) and all(_num(0)[0](x) and isinstance(x, float)
+                                                                        for x in v), "a list of floats >= 0 (0.0, not 0)"),
+    "baselines.vae.model.latent": _num(1, 4096, integer=True),
+    "baselines.vae.model.channels": _num(1, 4096, integer=True),
+    **_train_schema("baselines.vae.train"),
+    "baselines.cnn.model.channels": _num(1, 4096, integer=True),
+    **_train_schema("baselines.cnn.train"),
+    "probe.musicslots_variants": _str_list(),
+    **_train_schema("probe.train"),
     "tracking.mlflow_uri": _optional(_str()),
     "tracking.experiment": _str(),
     "figures.n_examples": _num(1, 16, integer=True),
@@ -282,10 +300,19 @@ def step_config(params: dict, step: str, dataset: str | None = None, variant: st
         if dataset is None or variant is None or seed is None:
             raise UserError("train-musicslots needs --dataset, --variant and --seed")
         return train_config(params, dataset, variant, int(seed))
-    if step == "tables_musicslots":
+    if step == "train_baseline":
+        from musicdecomp.sweep import baseline_config
+
+        validate(params, "baselines")
+        return baseline_config(params, dataset, variant, int(seed))
+    if step == "probe":
+        validate(params, "probe")
+        return {"train": params["probe"]["train"]}
+    if step == "tables":
         from musicdecomp.sweep import tables_config
 
-        validate(params, "musicslots")
+        for section in ("musicslots", "baselines", "probe"):
+            validate(params, section)
         return tables_config(params)
 
     if step not in STEPS:

@@ -47,9 +47,15 @@ STEPS: dict[str, Step] = {
     # one MusicSlots run per (dataset, variant, seed); its slice is resolved by musicdecomp.sweep.train_config
     "train_musicslots": Step(params=("musicslots.model", "musicslots.train"),
                              code=("models/encoder.py", "models/slot_attention.py", "models/decoder.py",
-                                   "models/musicslots.py", "train/musicslots.py", "train/schedule.py",
-                                   "eval/metrics.py"),
+                                   "models/musicslots.py", "train/musicslots.py", "train/loop.py",
+                                   "train/schedule.py", "eval/metrics.py"),
                              per_dataset=True),
     "eval_musicslots": Step(params=(), code=("eval/musicslots.py", "eval/metrics.py"), per_dataset=True),
-    "tables_musicslots": Step(params=("musicslots.model", "musicslots.sweep"), code=("eval/tables.py",)),
+    "train_baseline": Step(params=("baselines.vae", "baselines.cnn"),
+                           code=("models/baselines.py", "train/baselines.py", "train/loop.py", "eval/accuracy.py"),
+                           per_dataset=True),
+    "probe": Step(params=("probe",), code=("eval/probes.py", "eval/accuracy.py", "models/baselines.py",
+                                          "train/loop.py"), per_dataset=True),
+    "tables": Step(params=("musicslots.model", "musicslots.sweep", "baselines", "probe.musicslots_variants"),
+                   code=("eval/tables.py",)),
 }

@@ -60,9 +60,46 @@ def run_dir(dataset: str, variant: str, seed: int) -> str:
     return f"results/musicslots/{run_name(dataset, variant, seed)}"
 
 
+def baseline_names(params: dict) -> list[str]:
+    """``vae-kl<weight>`` for each KL weight (0.0: the deterministic autoencoder), and ``cnn``."""
+    return [f"vae-kl{float(w)}" for w in params["baselines"]["vae"]["kld_weights"]] + ["cnn"]
+
+
+def baseline_runs(params: dict) -> list[tuple[str, str, int]]:
+    b = params["baselines"]
+    return [(d, n, s) for d in b["datasets"] for n in baseline_names(params) for s in b["seeds"]]
+
+
+def baseline_dir(dataset: str, name: str, seed: int) -> str:
+    return f"results/baselines/{dataset}/{name}/seed{seed}"
+
+
+def baseline_config(params: dict, dataset: str, name: str, seed: int) -> dict:
+    """Everything a baseline run depends on."""
+    if dataset not in params["datasets"]:
+        raise UserError(f"dataset {dataset!r} is not defined under datasets: in params.yaml")
+    cfg = {"run_name": f"{dataset}/{name}/seed{seed}", "dataset": dataset, "baseline": name, "seed": int(seed)}
+    if name == "cnn":
+        return {**cfg, "kind": "cnn", "model": params["baselines"]["cnn"]["model"],
+                "train": params["baselines"]["cnn"]["train"]}
+    m = re.match(r"^vae-kl(\d+(?:\.\d+)?)$", name)
+    if not m:
+        raise UserError(f"baseline {name!r} is not cnn or vae-kl<weight> (e.g. vae-kl0.0, vae-kl0.03125)")
+    vae = params["baselines"]["vae"]
+    return {**cfg, "kind": "vae", "kld_weight": float(m.group(1)), "model": vae["model"], "train": vae["train"]}
+
+
+def probe_runs(params: dict) -> list[tuple[str, str, int]]:
+    """The MusicSlots runs whose slots are probed."""
+    wanted = set(params["probe"]["musicslots_variants"])
+    return [r for r in musicslots_runs(params) if r[1] in wanted]
+
+
 def tables_config(params: dict) -> dict:
-    """What Table 1 depends on: the list of runs (their evaluations are its inputs)."""
-    return {"runs": [list(r) for r in musicslots_runs(params)]}
+    """What the tables depend on: the lists of runs (their evaluations are the inputs)."""
+    return {"runs": [list(r) for r in musicslots_runs(params)],
+            "probed": [list(r) for r in probe_runs(params)],
+            "baselines": [list(r) for r in baseline_runs(params)]}
 
 
 def train_config(params: dict, dataset: str, variant: str, seed: int) -> dict:

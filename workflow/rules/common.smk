@@ -40,4 +40,4 @@ def all_targets():
     targets = []
     for d in DATASETS:
         targets += dataset_outputs(d) + [f"results/data/{d}/examples.png"]
-    return targets + ["results/tables/table1_musicslots.md"]
+    return targets + ["results/tables/table1_musicslots.md", "results/tables/table2_probes.md"]

@@ -1,6 +1,6 @@
 # MusicSlots: one training run per (dataset, variant, seed) of the sweep in params.yaml, its test-set
 # evaluation, and Table 1 built from the evaluations. Variants are named <mask>-t<stride>-<imp|noimp>-k<slots>.
-from musicdecomp.sweep import musicslots_runs, run_dir
+from musicdecomp.sweep import baseline_dir, baseline_runs, musicslots_runs, probe_runs, run_dir
 
 RUN_DIR = run_dir("{dataset}", "{variant}", "{seed}")
 
@@ -19,8 +19,10 @@ def mlflow_ready():
     return ["results/mlflow/experiment.json"] if config["tracking"]["mlflow_uri"] else []
 
 
-def musicslots_evals():
-    return [f"{run_dir(d, v, s)}/test.json" for d, v, s in musicslots_runs(config)]
+def table_inputs():
+    return ([f"{run_dir(d, v, s)}/test.json" for d, v, s in musicslots_runs(config)]
+            + [f"{run_dir(d, v, s)}/probe.json" for d, v, s in probe_runs(config)]
+            + [f"{baseline_dir(d, b, s)}/probe.json" for d, b, s in baseline_runs(config)])
 
 
 TRACKING = tracking_args()
@@ -76,16 +78,21 @@ rule eval_musicslots:
         " --out {output.json} --figure {output.figure} {TRACKING} --log {log}"
 
 
-rule tables_musicslots:
+rule probe_musicslots:
     input:
-        evals=musicslots_evals(),
-        code=code("tables_musicslots"),
+        best=rules.train_musicslots.output.best,
+        summary=rules.train_musicslots.output.summary,
+        data=dataset_outputs("{dataset}"),
+        code=code("probe"),
     output:
-        csv="results/tables/table1_musicslots.csv",
-        md="results/tables/table1_musicslots.md",
-    log:
-        "logs/tables_musicslots.log",
+        f"{RUN_DIR}/probe.json",
     params:
-        cfg=step_params("tables_musicslots"),
+        cfg=step_params("probe"),
+        run_dir=RUN_DIR,
+    resources:
+        gpu=1,
+    log:
+        "logs/musicslots/{dataset}/{variant}/seed{seed}/probe.log",
     shell:
-        "{PY} -m musicdecomp tables-musicslots --config {params.cfg:q} --out-dir results/tables --log {log}"
+        "{PY} -m musicdecomp probe --config {params.cfg:q} --run-dir {params.run_dir}"
+        " --data-dir results/data/{wildcards.dataset} --out {output} {TRACKING} --log {log}"

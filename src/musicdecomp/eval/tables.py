@@ -60,3 +60,41 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
     for r in rows:
         del r["_mse"], r["_iou"]
     return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def table2(probe_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path) -> list[dict]:
+    """Table 2: chord-level exact-match accuracies (pitch, instrument, both) on the test split, mean ± std
+    over seeds: MusicSlots (linear probes on matched slots), AE / VAE (linear probe on the latent), CNN."""
+    missing = [str(p) for p in probe_jsons if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} probe result(s) are missing, e.g. {missing[0]}; run their probe step")
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in (json.loads(Path(p).read_text()) for p in probe_jsons):
+        groups.setdefault((r["dataset"], r["model"], r["name"]), []).append(r)
+    order = {"musicslots": 0, "vae": 1, "cnn": 2}
+    rows = []
+    for (dataset, model, name), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order[kv[0][1]], kv[0][2])):
+        row = {"dataset": dataset, "model": model, "name": name, "seeds": len(rs)}
+        for key in ("pitch", "instrument", "chord"):
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([100.0 * r["test"][key] for r in rs])
+        row["label"] = {"musicslots": f"MusicSlots ({name}), linear probe on slots",
+                        "cnn": "supervised CNN"}.get(model) or (
+            "autoencoder, linear probe" if rs[0]["kld_weight"] == 0 else
+            f"VAE (KL weight {rs[0]['kld_weight']:g}), linear probe")
+        rows.append(row)
+    header = ["dataset", "model", "name", "seeds", "pitch_mean", "pitch_std", "instrument_mean", "instrument_std",
+              "chord_mean", "chord_std"]
+    write_text(out_csv, "\n".join([",".join(header)] + [",".join(str(r[h]) for h in header) for r in rows]) + "\n")
+    md = ["| dataset | model | seeds | pitch acc. (%) ↑ | instrument acc. (%) ↑ | chord acc. (%) ↑ |",
+          "|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [f"{r[f'{k}_mean']:.1f} ± {r[f'{k}_std']:.1f}" if r["seeds"] > 1 else f"{r[f'{k}_mean']:.1f}"
+                 for k in ("pitch", "instrument", "chord")]
+        md.append(f"| {r['dataset']} | {r['label']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    write_text(out_md, "Table 2: note property prediction on the test split, chord-level exact match "
+               "(mean ± std over seeds)\n\n" + "\n".join(md) + "\n")
+    return rows

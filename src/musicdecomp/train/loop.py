@@ -102,7 +102,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
                 value, extra = loss(batch, noise_gen)
             opt.zero_grad(set_to_none=True)
             value.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"])
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"] or float("inf"))
             opt.step()
             step += 1
             steps_here += 1
