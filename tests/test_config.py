@@ -92,3 +92,14 @@ def test_cli_reports_bad_params_in_one_line_and_exit_2(tmp_path):
     assert lines == ["musicdecomp chords: error: parameter data.jsb.chords.seed = -1 is out of range: expected "
                      "an integer >= 0; fix it in params.yaml or your override file"]
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_config_command_prints_the_slice_a_step_receives(params, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "musicdecomp", "config", "train-musicslots", "--params",
+                           str(REPO / "params.yaml"), "--dataset", "jsb_multi", "--variant", "sigmoid-t2-imp_false-k5",
+                           "--seed", "3"], cwd=tmp_path, env=tool_env(), capture_output=True, text=True, check=True)
+    import json
+
+    printed = json.loads(proc.stdout)
+    assert printed == step_config(params, "train_musicslots", "jsb_multi", "sigmoid-t2-imp_false-k5", 3)
+    assert printed["model"]["mask"] == "sigmoid" and printed["model"]["num_slots"] == 5

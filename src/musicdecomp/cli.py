@@ -98,6 +98,13 @@ def cmd_tables(args):
            out / "table2_probes.csv", out / "table2_probes.md")
 
 
+def cmd_config(args):
+    """Print a step's resolved parameter slice (what its --config receives), e.g. to run it on a machine
+    without PyYAML: python -m musicdecomp train-musicslots --config "$(cat cfg.json)" ..."""
+    params = load_params(args.params)
+    print(to_json(step_config(params, args.name.replace("-", "_"), args.dataset, args.variant, args.seed)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="musicdecomp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--device", default="auto")
     add_tracking(sp)
+    sp = add("config", cmd_config, "print a step's resolved parameter slice as JSON")
+    sp.add_argument("name", help="the step, e.g. features or train-musicslots")
+    sp.add_argument("--dataset")
+    sp.add_argument("--variant")
+    sp.add_argument("--seed", type=int)
     sp = add("tables", cmd_tables, "Tables 1 and 2 from the evaluations and probes of the sweep's runs")
     sp.add_argument("--out-dir", required=True)
     return p
