@@ -21,3 +21,9 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# the data stages only: chords, rendered notes, JSB-single and JSB-multi with their figures (about 40 s on CPU)
+rule data:
+    input:
+        data_targets(),

@@ -84,7 +84,7 @@ DATA_TARGETS = [f"results/data/{d}/{f}" for d in ("jsb_single", "jsb_multi")
 def tiny_run(tmp_path_factory, tiny_override, soundfont) -> Path:
     """The tiny config's data stages run once through Snakemake; returns its work folder."""
     workdir = tmp_path_factory.mktemp("tiny_snakemake")
-    snakemake(workdir, *DATA_TARGETS, configfiles=[REPO / "config" / "tiny.yaml", tiny_override])
+    snakemake(workdir, "data", configfiles=[REPO / "config" / "tiny.yaml", tiny_override])
     return workdir
 
 

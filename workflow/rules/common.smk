@@ -36,8 +36,9 @@ def dataset_outputs(dataset):
     return [f"results/data/{dataset}/{split}.pt" for split in SPLITS] + [f"results/data/{dataset}/summary.json"]
 
 
+def data_targets():
+    return [t for d in DATASETS for t in dataset_outputs(d) + [f"results/data/{d}/examples.png"]]
+
+
 def all_targets():
-    targets = []
-    for d in DATASETS:
-        targets += dataset_outputs(d) + [f"results/data/{d}/examples.png"]
-    return targets + ["results/tables/table1_musicslots.md", "results/tables/table2_probes.md"]
+    return data_targets() + ["results/tables/table1_musicslots.md", "results/tables/table2_probes.md"]
