@@ -1,0 +1,1 @@
+"""Neural audio codec (EnCodec 24 kHz): weights, codes and latents."""
