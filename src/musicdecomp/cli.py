@@ -56,6 +56,16 @@ def cmd_figures(args):
     plot_examples(_step_cfg(args, "figures"), args.dataset, args.split, args.out)
 
 
+def cmd_fetch_jsb16(args):
+    from musicdecomp.data.stems import fetch_jsb16
+    fetch_jsb16(_step_cfg(args, "fetch_jsb16"), args.out)
+
+
+def cmd_stems(args):
+    from musicdecomp.data.stems import build_stems
+    build_stems(_step_cfg(args, "stems"), args.json, args.out_dir, workers=args.workers)
+
+
 def cmd_mlflow_init(args):
     from musicdecomp.train.tracking import init_experiment
     init_experiment(args.tracking_uri, args.experiment, args.artifacts, args.out)
@@ -140,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", required=True)
     sp.add_argument("--split", required=True)
     sp.add_argument("--out", required=True)
+
+    sp = add("fetch-jsb16", cmd_fetch_jsb16, "find or download Jsb16thSeparated.json and check its sha256")
+    sp.add_argument("--out", required=True)
+    sp = add("stems", cmd_stems, "render Slakh-style drums/bass/piano stems from the chorales (24 kHz FLAC)")
+    sp.add_argument("--json", required=True)
+    sp.add_argument("--out-dir", required=True)
+    sp.add_argument("--workers", type=int, default=0, help="render processes (default 0: one per core)")
 
     def add_tracking(sp):
         sp.add_argument("--tracking-uri", help="MLflow tracking URI (e.g. sqlite:///results/mlflow/mlflow.db)")

@@ -43,6 +43,9 @@ STEPS: dict[str, Step] = {
     "features": Step(params=("data.mel", "datasets.{dataset}"), code=("data/datasets.py", "data/mel.py"),
                      per_dataset=True),
     "figures": Step(params=("figures", "data.mel.mask_db"), code=("data/figures.py",), per_dataset=True),
+    "fetch_jsb16": Step(params=("data.jsb16.source",), code=("data/jsb.py", "data/stems.py")),
+    "stems": Step(params=("stems", "data.render.soundfont", "data.render.reverb", "data.render.chorus"),
+                  code=("data/stems.py", "data/drums.py", "data/chunks.py", "data/render.py")),
     "mlflow_init": Step(params=("tracking",), code=("train/tracking.py",)),
     # one MusicSlots run per (dataset, variant, seed); its slice is resolved by musicdecomp.sweep.train_config
     "train_musicslots": Step(params=("musicslots.model", "musicslots.train"),

@@ -41,4 +41,5 @@ def data_targets():
 
 
 def all_targets():
-    return data_targets() + ["results/tables/table1_musicslots.md", "results/tables/table2_probes.md"]
+    return data_targets() + ["results/tables/table1_musicslots.md", "results/tables/table2_probes.md",
+                             "results/stems/jsb/summary.json"]

@@ -78,3 +78,34 @@ rule figures:
     shell:
         "{PY} -m musicdecomp figures --config {params.cfg:q} --dataset {wildcards.dataset}"
         " --split {input.split} --out {output} --log {log}"
+
+
+# Multi-stem audio (composable representations): the chorales' SATB voices rendered as drums/bass/piano stems.
+rule fetch_jsb16:
+    input:
+        code=code("fetch_jsb16"),
+    output:
+        "results/data/jsb/Jsb16thSeparated.json",
+    params:
+        cfg=step_params("fetch_jsb16"),
+    log:
+        "logs/fetch_jsb16.log",
+    shell:
+        "{PY} -m musicdecomp fetch-jsb16 --config {params.cfg:q} --out {output} --log {log}"
+
+
+rule stems:
+    input:
+        json=rules.fetch_jsb16.output[0],
+        code=code("stems"),
+    output:
+        expand("results/stems/jsb/{split}.json", split=SPLITS),
+        summary="results/stems/jsb/summary.json",
+    params:
+        cfg=step_params("stems"),
+    threads: 4
+    log:
+        "logs/stems.log",
+    shell:
+        "{PY} -m musicdecomp stems --config {params.cfg:q} --json {input.json} --out-dir results/stems/jsb"
+        " --workers {threads} --log {log}"

@@ -52,14 +52,19 @@ def read_jsb_json(path: str | Path) -> dict[str, list[list[list[int]]]]:
 
 def fetch_jsb(cfg: dict, out: str | Path) -> dict:
     """Find the JSB JSON (``json_path``, else ``local_dirs``, else download), check it, copy it to ``out``."""
-    src = cfg["data.jsb.source"]
+    return fetch_source(cfg["data.jsb.source"], "data.jsb.source", out, read_jsb_json)
+
+
+def fetch_source(src: dict, key: str, out: str | Path, reader) -> dict:
+    """Find the file described by the params section ``key`` (json_path, local_dirs, url, sha256), check its
+    sha256 and its content (``reader``), and copy it to ``out``."""
     expected = src["sha256"]
-    bad_sum = ("re-download it (delete the file and rerun), or set data.jsb.source.sha256: null "
-               "to accept a different file on purpose")
+    bad_sum = (f"re-download it (delete the file and rerun), or set {key}.sha256: null "
+               f"to accept a different file on purpose")
     if src["json_path"]:
         candidate = Path(src["json_path"]).expanduser()
         if not candidate.is_file():
-            raise UserError(f"data.jsb.source.json_path: {candidate} does not exist; fix the path, "
+            raise UserError(f"{key}.json_path: {candidate} does not exist; fix the path, "
                             f"or set it to null to look in {src['local_dirs']} and then download")
         found = candidate
     else:
@@ -69,12 +74,11 @@ def fetch_jsb(cfg: dict, out: str | Path) -> dict:
             found = DOWNLOAD_DIR / src["filename"]
             log.info("downloading %s", src["url"])
             download(src["url"], found,
-                     fix=(f"download it by hand and put it at {found}, or set data.jsb.source.json_path "
-                          f"to a local copy"))
+                     fix=f"download it by hand and put it at {found}, or set {key}.json_path to a local copy")
     digest = verify_sha256(found, expected, bad_sum)
-    read_jsb_json(found)
+    reader(found)
     copy_file(found, out)
-    log.info("JSB chorales from %s (sha256 %s) -> %s", found, digest[:12], out)
+    log.info("%s from %s (sha256 %s) -> %s", src["filename"], found, digest[:12], out)
     return {"source": str(found), "sha256": digest}
 
 

@@ -77,6 +77,28 @@ class Synth:
             raise RuntimeError("fluid_synth_write_float failed")
         return buf
 
+    def select(self, channel: int, bank: int, program: int) -> None:
+        if self._synth.program_select(channel, self.sfid, bank, program) != 0:
+            raise UserError(f"the soundfont has no preset {program} in bank {bank}; choose another program/kit "
+                            f"or another soundfont")
+
+    def play(self, events: list[tuple[int, str, int, int, int]], n_total: int) -> np.ndarray:
+        """Render ``n_total`` stereo samples (n, 2) of timed events (sample, "on"|"off", channel, key, velocity).
+        Events take effect at the 64-sample block boundary at or after their time."""
+        out, pos = [], 0
+        for t, kind, channel, key, velocity in sorted(events, key=lambda e: (e[0], e[1] == "on")):
+            t = min(BLOCK * -(-t // BLOCK), n_total)
+            if t > pos:
+                out.append(self._render(t - pos))
+                pos = t
+            if kind == "on":
+                self._synth.noteon(channel, key, velocity)
+            else:
+                self._synth.noteoff(channel, key)
+        if n_total > pos:
+            out.append(self._render(n_total - pos))
+        return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
     def note(self, pitch: int, program: int, velocity: int, n_on: int, n_total: int) -> np.ndarray:
         """Left channel of one note: on for ``n_on`` samples, then released, ``n_total`` samples in all."""
         if self._synth.program_select(0, self.sfid, 0, program) != 0:

@@ -28,8 +28,9 @@ class Track:
     stems: dict[str, list[Path]]  # class -> stem files
 
 
-def read_track(folder: Path, classes: list[str]) -> tuple[Track | None, str]:
-    """The track's stems of ``classes``, or (None, why it is skipped)."""
+def read_track(folder: Path, classes: list[str], required: list[str] | None = None) -> tuple[Track | None, str]:
+    """The track's stems of ``classes``, or (None, why it is skipped): a track lacking one of ``required``
+    (default: all of ``classes``) is skipped; a missing optional class becomes silence."""
     import yaml
 
     meta_path = folder / "metadata.yaml"
@@ -47,13 +48,13 @@ def read_track(folder: Path, classes: list[str]) -> tuple[Track | None, str]:
             if not path.is_file():
                 return None, f"missing stem {path.name}"
             stems[cls].append(path)
-    empty = [c for c, paths in stems.items() if not paths]
+    empty = [c for c, paths in stems.items() if not paths and c in (classes if required is None else required)]
     if empty:
         return None, f"no {', '.join(empty)} stem"
     return Track(folder.name, stems), ""
 
 
-def list_tracks(root: str | Path, split: str, classes: list[str]) -> list[Track]:
+def list_tracks(root: str | Path, split: str, classes: list[str], required: list[str] | None = None) -> list[Track]:
     root = Path(root)
     split_dir = root / SPLIT_DIRS[split]
     if not split_dir.is_dir():
@@ -61,7 +62,7 @@ def list_tracks(root: str | Path, split: str, classes: list[str]) -> list[Track]
                         f"holds train/, validation/ and test/ (slakh2100_flac_redux)")
     tracks, skipped = [], 0
     for folder in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        track, why = read_track(folder, classes)
+        track, why = read_track(folder, classes, required)
         if track is None:
             skipped += 1
             log.info("skipping %s: %s", folder.name, why)
@@ -90,8 +91,9 @@ def class_signals(track: Track, sample_rate: int = 24000) -> dict[str, np.ndarra
     """Each class = the mean of its stems (mono, ``sample_rate``), all cut to the shortest class."""
     out = {}
     for cls, paths in track.stems.items():
-        stems = [load_mono(p, sample_rate) for p in paths]
-        n = min(len(s) for s in stems)
-        out[cls] = np.mean([s[:n] for s in stems], axis=0).astype(np.float32)
+        if paths:
+            stems = [load_mono(p, sample_rate) for p in paths]
+            n = min(len(s) for s in stems)
+            out[cls] = np.mean([s[:n] for s in stems], axis=0).astype(np.float32)
     n = min(len(s) for s in out.values())
-    return {c: s[:n] for c, s in out.items()}
+    return {c: out[c][:n] if c in out else np.zeros(n, np.float32) for c in track.stems}
