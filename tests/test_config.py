@@ -25,7 +25,7 @@ def test_deep_merge_overrides_leaves_and_keeps_siblings():
 def test_tiny_config_only_shrinks_the_run(tiny_params, params):
     """The tiny override changes sizes (chords, assignments, model width, steps), never the data protocol."""
     changed = {k for k, v in flatten(tiny_params).items() if flatten(params).get(k) != v}
-    data_changes = {k for k in changed if not k.startswith(("musicslots.", "baselines.", "probe."))}
+    data_changes = {k for k in changed if not k.startswith(("musicslots.", "baselines.", "probe.", "stems."))}
     assert data_changes == {"data.jsb.chords.max_chords", "datasets.jsb_multi.assignments_per_chord",
                             "figures.n_examples", "data.jsb.source.json_path"}
     assert {k for k in changed if k.startswith("musicslots.model.")} <= {

@@ -27,18 +27,25 @@ DOWNLOAD_DIR = Path("resources/jsb")
 
 # --- fetch ---------------------------------------------------------------------------------------------
 
-def read_jsb_json(path: str | Path) -> dict[str, list[list[list[int]]]]:
-    """Parse and check a JSB Chorales JSON file ({train, valid, test}: chorales of time steps of pitches)."""
+def read_splits_json(path: str | Path, key: str) -> tuple[dict, str]:
+    """Parse a JSB JSON file holding train/valid/test; ``key`` is the params section that names it.
+    Returns the data and the fix to suggest for a bad file."""
     path = Path(path)
-    fix = "delete it and rerun to fetch a fresh copy, or point data.jsb.source.json_path at a good file"
+    fix = f"delete it and rerun to fetch a fresh copy, or point {key}.json_path at a good file"
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{path} does not exist; run the fetch_jsb step or set data.jsb.source.json_path") from None
+        raise UserError(f"{path} does not exist; run its fetch step or set {key}.json_path") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); {fix}") from None
     if not isinstance(data, dict) or any(k not in data for k in ORIGINAL_SPLITS):
         raise UserError(f"{path} does not hold the JSB splits {list(ORIGINAL_SPLITS)}; {fix}")
+    return data, fix
+
+
+def read_jsb_json(path: str | Path) -> dict[str, list[list[list[int]]]]:
+    """Parse and check a JSB Chorales JSON file ({train, valid, test}: chorales of time steps of pitches)."""
+    data, fix = read_splits_json(path, "data.jsb.source")
     for split in ORIGINAL_SPLITS:
         chorales = data[split]
         ok = isinstance(chorales, list) and all(

@@ -36,20 +36,13 @@ from musicdecomp.pipeline import SPLITS
 log = get_logger("stems")
 
 CLASSES = ("drums", "bass", "piano")
-ORIGINAL_SPLITS = {"train": "train", "valid": "valid", "test": "test"}
 
 
 def read_separated(path: str | Path) -> dict[str, list[list[list[int]]]]:
-    path = Path(path)
-    fix = "delete it and rerun to fetch a fresh copy, or point data.jsb16.source.json_path at a good file"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; run the fetch step or set data.jsb16.source.json_path") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); {fix}") from None
-    if not isinstance(data, dict) or any(s not in data for s in SPLITS):
-        raise UserError(f"{path} does not hold the JSB splits train/valid/test; {fix}")
+    """Parse and check Jsb16thSeparated.json ({train, valid, test}: chorales of [S, A, T, B] steps)."""
+    from musicdecomp.data.jsb import read_splits_json
+
+    data, fix = read_splits_json(path, "data.jsb16.source")
     for split in SPLITS:
         if not all(isinstance(ch, list) and all(isinstance(st, list) and len(st) == 4 for st in ch)
                    for ch in data[split]):

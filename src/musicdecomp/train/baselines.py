@@ -7,10 +7,9 @@ from pathlib import Path
 
 import torch
 
-from musicdecomp.data.datasets import load_split
 from musicdecomp.eval.accuracy import grid_level
 from musicdecomp.models.baselines import VAE, SupervisedCNN, multilabel_loss, multilabel_targets
-from musicdecomp.train.loop import autocast, pick_device, run_training
+from musicdecomp.train.loop import autocast, prepare, run_training
 
 
 def build_baseline(cfg: dict, n_pitches: int, n_instruments: int, size=(128, 32)) -> torch.nn.Module:
@@ -50,13 +49,8 @@ def vae_loss(model: VAE, data, device, amp: str, batch_size: int, kld_weight: fl
 def train_baseline(cfg: dict, data_dir: str | Path, run_dir: str | Path, device: str = "auto",
                    tracking: dict | None = None, threads: int | None = None, stop_after: int | None = None) -> dict:
     """``cfg``: {run_name, dataset, baseline, seed, kind (vae|cnn), kld_weight, model, train}."""
-    data_dir, tc = Path(data_dir), cfg["train"]
-    dev = pick_device(device)
-    if threads and dev.type == "cpu":
-        torch.set_num_threads(threads)
-    torch.manual_seed(cfg["seed"])
-    train = load_split(data_dir / "train.pt", dev)
-    valid = load_split(data_dir / "valid.pt", dev)
+    tc = cfg["train"]
+    dev, train, valid = prepare(cfg, data_dir, device, threads)
     n_p, n_i = len(train.pitches), len(train.programs)
     model = build_baseline(cfg, n_p, n_i, tuple(train.chord_db.shape[-2:])).to(dev)
     w = cfg.get("kld_weight", 0.0)

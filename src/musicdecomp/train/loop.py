@@ -45,6 +45,17 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, enabled=False)
 
 
+def prepare(cfg: dict, data_dir: str | Path, device: str, threads: int | None):
+    """Device, CPU threads, the run's seed, and its train/valid splits loaded onto the device."""
+    from musicdecomp.data.datasets import load_split
+
+    dev = pick_device(device)
+    if threads and dev.type == "cpu":
+        torch.set_num_threads(threads)
+    torch.manual_seed(cfg["seed"])
+    return dev, load_split(Path(data_dir) / "train.pt", dev), load_split(Path(data_dir) / "valid.pt", dev)
+
+
 def save(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

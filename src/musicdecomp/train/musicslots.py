@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musicdecomp.data.datasets import load_split
 from musicdecomp.eval.metrics import note_metrics
 from musicdecomp.models.musicslots import MusicSlots
-from musicdecomp.train.loop import autocast, pick_device, run_training
+from musicdecomp.train.loop import autocast, pick_device, prepare, run_training
 
 __all__ = ["build_model", "evaluate", "train_musicslots", "pick_device", "autocast"]
 
@@ -60,13 +59,8 @@ def train_musicslots(cfg: dict, data_dir: str | Path, run_dir: str | Path, devic
                      tracking: dict | None = None, threads: int | None = None, stop_after: int | None = None) -> dict:
     """Train (or resume) one run. ``cfg``: {run_name, dataset, variant, seed, model, train}
     (musicdecomp.sweep.train_config); ``tracking``: {mlflow_uri, experiment} or None (metrics.jsonl only)."""
-    data_dir, tc = Path(data_dir), cfg["train"]
-    dev = pick_device(device)
-    if threads and dev.type == "cpu":
-        torch.set_num_threads(threads)
-    torch.manual_seed(cfg["seed"])
-    train = load_split(data_dir / "train.pt", dev)
-    valid = load_split(data_dir / "valid.pt", dev)
+    tc = cfg["train"]
+    dev, train, valid = prepare(cfg, data_dir, device, threads)
     model = build_model(cfg["model"], tuple(train.chord_db.shape[-2:])).to(dev)
 
     def sample(gen):
