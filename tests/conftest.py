@@ -64,9 +64,10 @@ def params() -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_override(tmp_path_factory, jsb_json) -> Path:
-    """config/tiny.yaml plus an absolute path to the JSB JSON (the tests run in other folders)."""
+    """config/tiny.yaml plus absolute paths to the JSB JSON files (the tests run in other folders)."""
     path = tmp_path_factory.mktemp("cfg") / "local.yaml"
-    path.write_text(yaml.safe_dump({"data": {"jsb": {"source": {"json_path": str(jsb_json)}}}}))
+    path.write_text(yaml.safe_dump({"data": {"jsb": {"source": {"json_path": str(jsb_json)}},
+                                             "jsb16": {"source": {"json_path": str(SHARED_JSB / "Jsb16thSeparated.json")}}}}))
     return path
 
 

@@ -27,7 +27,7 @@ def test_tiny_config_only_shrinks_the_run(tiny_params, params):
     changed = {k for k, v in flatten(tiny_params).items() if flatten(params).get(k) != v}
     data_changes = {k for k in changed if not k.startswith(("musicslots.", "baselines.", "probe.", "stems."))}
     assert data_changes == {"data.jsb.chords.max_chords", "datasets.jsb_multi.assignments_per_chord",
-                            "figures.n_examples", "data.jsb.source.json_path"}
+                            "figures.n_examples", "data.jsb.source.json_path", "data.jsb16.source.json_path"}
     assert {k for k in changed if k.startswith("musicslots.model.")} <= {
         "musicslots.model.dim", "musicslots.model.enc_channels", "musicslots.model.iters"}
     assert not {k for k in changed if k.endswith((".lr", ".batch_size")) and not k.startswith("probe.")} - {
