@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from musicdecomp.codec.model import encode_codes
-from musicdecomp.data.stems import load_chunk
+from musicdecomp.data.stems import chunk_audio
 from musicdecomp.io import atomic_path
 from musicdecomp.logs import get_logger, progress
 
@@ -25,7 +25,7 @@ def cache_codes(model, index_path: str | Path, subset: str, out: str | Path, bat
     codes: dict[str, list[torch.Tensor]] = {c: [] for c in classes + ["mix"]}
     model = model.to(device).eval()
     for start in progress(range(0, n, batch), desc=f"codes {index_path.stem} {subset}", unit="batch"):
-        items = [load_chunk(index_path, subset, i) for i in range(start, min(start + batch, n))]
+        items = [chunk_audio(index, index_path.parent, subset, i) for i in range(start, min(start + batch, n))]
         for name in classes + ["mix"]:
             audio = torch.stack([torch.from_numpy(stems[name] if name != "mix" else mix) for stems, mix in items])
             codes[name].append(encode_codes(model, audio.to(device)).cpu())

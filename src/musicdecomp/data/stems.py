@@ -107,17 +107,24 @@ def render_stems(chorale: list[list[int]], plan: dict, cfg: dict) -> np.ndarray:
     return out
 
 
+def write_stems(path: str | Path, stems: np.ndarray, sample_rate: int) -> float:
+    """(classes, n) stems -> one 16-bit FLAC with a channel per class, scaled down together if the peak
+    would clip; returns the scale."""
+    import soundfile as sf
+
+    peak = float(np.abs(stems).max())
+    scale = 1.0 if peak <= 0.99 else 0.99 / peak
+    with atomic_path(path) as tmp:
+        sf.write(tmp, (stems * scale).T, sample_rate, format="FLAC", subtype="PCM_16")
+    return scale
+
+
 def _render_job(args) -> dict:
     chorale, cfg, split, idx, r, out_path = args
     rng = random.Random(f"{cfg['seed']}/{split}/{idx}/{r}")
     plan = render_plan(chorale, cfg, rng)
     stems = render_stems(chorale, plan, cfg)
-    peak = float(np.abs(stems).max())
-    scale = 1.0 if peak <= 0.99 else 0.99 / peak
-    import soundfile as sf
-
-    with atomic_path(out_path) as tmp:
-        sf.write(tmp, (stems * scale).T, cfg["sample_rate"], format="FLAC", subtype="PCM_16")
+    scale = write_stems(out_path, stems, cfg["sample_rate"])
     plan = {k: v for k, v in plan.items() if k != "hits"}
     return {"file": Path(out_path).name, "chorale": idx, "render": r, "n_samples": stems.shape[1],
             "scale": scale, **plan}
@@ -178,8 +185,6 @@ SLAKH_CLASSES = {"drums": "Drums", "bass": "Bass", "piano": "Piano"}
 def build_slakh_stems(s: dict, out_dir: Path) -> dict:
     """The same outputs from Slakh2100 (``stems.slakh_root``): per track, the class signals (mean of the class's
     stems, 24 kHz mono) as one FLAC; tracks need drums and bass (piano is silence where a track has none)."""
-    import soundfile as sf
-
     from musicdecomp.data.slakh import class_signals, list_tracks
 
     if not s["slakh_root"]:
@@ -194,10 +199,7 @@ def build_slakh_stems(s: dict, out_dir: Path) -> dict:
             sig = class_signals(track, s["sample_rate"])
             stems = np.stack([sig[SLAKH_CLASSES[c]] for c in CLASSES])
             path = out_dir / split / f"{track.name}.flac"
-            peak = float(np.abs(stems).max())
-            scale = 1.0 if peak <= 0.99 else 0.99 / peak
-            with atomic_path(path) as tmp:
-                sf.write(tmp, (stems * scale).T, s["sample_rate"], format="FLAC", subtype="PCM_16")
+            scale = write_stems(path, stems, s["sample_rate"])
             renders.append({"file": path.name, "track": track.name, "n_samples": stems.shape[1], "scale": scale})
         index = index_chunks(renders, out_dir / split, s)
         write_json(out_dir / f"{split}.json", index)
@@ -230,12 +232,16 @@ def index_chunks(renders: list[dict], folder: Path, s: dict) -> dict:
 
 def load_chunk(index_path: str | Path, subset: str, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The ``i``-th kept chunk of ``subset``: ({class: audio}, mixture = mean of the classes)."""
+    index_path = Path(index_path)
+    return chunk_audio(json.loads(index_path.read_text()), index_path.parent, subset, i)
+
+
+def chunk_audio(index: dict, stems_dir: Path, subset: str, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``load_chunk`` with the index already loaded (``stems_dir``: the folder holding the index)."""
     import soundfile as sf
 
-    index_path = Path(index_path)
-    index = json.loads(index_path.read_text())
     r, start = index["chunks"][subset][i]
-    path = index_path.parent / index["folder"] / index["renders"][r]["file"]
+    path = stems_dir / index["folder"] / index["renders"][r]["file"]
     audio, _ = sf.read(path, dtype="float32", always_2d=True, start=start, frames=index["chunk_len"])
     stems = {c: audio[:, index["classes"].index(c)] for c in index["subsets"][subset]}
     return stems, np.mean(list(stems.values()), axis=0).astype(np.float32)

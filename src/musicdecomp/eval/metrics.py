@@ -28,11 +28,6 @@ def cost_matrices(notes_db: torch.Tensor, slot_db: torch.Tensor, mask_db: float)
     return mse, iou
 
 
-def hungarian(cost: np.ndarray, maximize: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    rows, cols = linear_sum_assignment(cost, maximize=maximize)
-    return rows, cols
-
-
 def note_metrics(notes_db: torch.Tensor, slot_db: torch.Tensor, n_notes: torch.Tensor, mask_db: float = -30.0):
     """Per-example note MSE and IoU, and the MSE matching (slot index per note, -1 for padding).
 
@@ -45,9 +40,9 @@ def note_metrics(notes_db: torch.Tensor, slot_db: torch.Tensor, n_notes: torch.T
     match = np.full((b, v), -1, dtype=np.int64)
     for i in range(b):
         n = int(n_notes[i])
-        r, c = hungarian(mse[i, :n])
+        r, c = linear_sum_assignment(mse[i, :n])
         out_mse[i] = mse[i, :n][r, c].mean()
         match[i, r] = c
-        r, c = hungarian(iou[i, :n], maximize=True)
+        r, c = linear_sum_assignment(iou[i, :n], maximize=True)
         out_iou[i] = iou[i, :n][r, c].mean()
     return {"mse": out_mse, "iou": out_iou, "match": match}

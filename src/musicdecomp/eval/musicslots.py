@@ -3,26 +3,18 @@ chord -> slots -> matched ground-truth notes."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from musicdecomp.data.datasets import load_split
-from musicdecomp.errors import UserError
 from musicdecomp.io import atomic_path, write_json
 from musicdecomp.logs import get_logger
+from musicdecomp.train.loop import load_best
 from musicdecomp.train.musicslots import build_model, evaluate, pick_device
+from musicdecomp.train.tracking import log_to_training_run
 
 log = get_logger("eval")
-
-
-def load_best(run_dir: Path) -> dict:
-    path = Path(run_dir) / "best.pt"
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; train the run first") from None
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path, out_png: str | Path | None = None,
@@ -45,19 +37,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path
              res["miou"], res["examples"], state["step"])
     if out_png is not None:
         plot_decomposition(model, test, dev, out_png, cfg["run_name"])
-    train_json = run_dir / "train.json"
-    run_id = json.loads(train_json.read_text()).get("mlflow_run_id") if train_json.exists() else None
-    if tracking and tracking.get("mlflow_uri") and run_id:
-        try:
-            import mlflow
-        except ImportError:
-            pass
-        else:
-            mlflow.set_tracking_uri(tracking["mlflow_uri"])
-            with mlflow.start_run(run_id=run_id):
-                mlflow.log_metrics({"test/note_mse": res["note_mse"], "test/miou": res["miou"]})
-                if out_png is not None:
-                    mlflow.log_artifact(str(out_png))
+    log_to_training_run(run_dir, tracking, {"test/note_mse": res["note_mse"], "test/miou": res["miou"]},
+                        () if out_png is None else (out_png,))
     return out
 
 

@@ -12,28 +12,20 @@ with the shared resumable loop.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from musicdecomp.data.datasets import load_split
-from musicdecomp.errors import UserError
 from musicdecomp.eval.accuracy import grid_level, note_level
 from musicdecomp.io import write_json
 from musicdecomp.logs import get_logger
 from musicdecomp.models.baselines import NoteProbe, multilabel_loss, multilabel_targets
-from musicdecomp.train.loop import autocast, pick_device, run_training
+from musicdecomp.train.loop import autocast, load_best, pick_device, run_training
+from musicdecomp.train.tracking import log_to_training_run
 
 log = get_logger("probes")
 SPLITS = ("train", "valid", "test")
-
-
-def _load_best(run_dir: Path) -> dict:
-    path = run_dir / "best.pt"
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; train the run first")
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @torch.no_grad()
@@ -104,7 +96,7 @@ def probe_run(probe_cfg: dict, run_dir: str | Path, data_dir: str | Path, out_js
 
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     dev = pick_device(device)
-    state = _load_best(run_dir)
+    state = load_best(run_dir)
     cfg = state["config"]
     data = {s: load_split(data_dir / f"{s}.pt", dev) for s in SPLITS}
     n_p, n_i = len(data["test"].pitches), len(data["test"].programs)
@@ -136,12 +128,5 @@ def probe_run(probe_cfg: dict, run_dir: str | Path, data_dir: str | Path, out_js
     write_json(out_json, out)
     log.info("%s test accuracy: pitch %.4f instrument %.4f chord %.4f", cfg["run_name"], acc["pitch"],
              acc["instrument"], acc["chord"])
-    train_json = run_dir / "train.json"
-    run_id = json.loads(train_json.read_text()).get("mlflow_run_id") if train_json.exists() else None
-    if tracking and tracking.get("mlflow_uri") and run_id:
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking["mlflow_uri"])
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_metrics({f"test/acc_{k}": v for k, v in acc.items()})
+    log_to_training_run(run_dir, tracking, {f"test/acc_{k}": v for k, v in acc.items()})
     return out

@@ -56,6 +56,15 @@ def prepare(cfg: dict, data_dir: str | Path, device: str, threads: int | None):
     return dev, load_split(Path(data_dir) / "train.pt", dev), load_split(Path(data_dir) / "valid.pt", dev)
 
 
+def load_best(run_dir: str | Path) -> dict:
+    """A finished run's ``best.pt`` ({model, config, step, val})."""
+    path = Path(run_dir) / "best.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; train the run first") from None
+
+
 def save(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -65,6 +65,25 @@ class Tracker:
             self.mlflow = None
 
 
+def log_to_training_run(run_dir: str | Path, tracking: dict | None, metrics: dict[str, float],
+                         artifacts: tuple = ()) -> None:
+    """Add (test) metrics and artifacts to the MLflow run of a finished training run (its id is in
+    ``train.json``); nothing when tracking is off, mlflow is missing or the run was not tracked."""
+    train_json = Path(run_dir) / "train.json"
+    run_id = json.loads(train_json.read_text()).get("mlflow_run_id") if train_json.exists() else None
+    if not (tracking and tracking.get("mlflow_uri") and run_id):
+        return
+    try:
+        import mlflow
+    except ImportError:
+        return
+    mlflow.set_tracking_uri(tracking["mlflow_uri"])
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(metrics)
+        for a in artifacts:
+            mlflow.log_artifact(str(a))
+
+
 def init_experiment(uri: str, experiment: str, artifacts: str | Path, out: str | Path) -> str:
     """Create the MLflow database and experiment once, before parallel training jobs (SQLite's schema
     creation is not safe under concurrent first use)."""
