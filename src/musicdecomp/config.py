@@ -315,31 +315,15 @@ def step_config(params: dict, step: str, dataset: str | None = None, variant: st
     """The parameters ``step`` depends on, resolved from the full params (validated)."""
     from musicdecomp.pipeline import STEPS
 
-    if step == "train_musicslots":
-        from musicdecomp.sweep import train_config
-
-        validate(params, "musicslots")
-        if dataset is None or variant is None or seed is None:
-            raise UserError("train-musicslots needs --dataset, --variant and --seed")
-        return train_config(params, dataset, variant, int(seed))
-    if step == "train_baseline":
-        from musicdecomp.sweep import baseline_config
-
-        validate(params, "baselines")
-        return baseline_config(params, dataset, variant, int(seed))
-    if step == "probe":
-        validate(params, "probe")
-        return {"train": params["probe"]["train"]}
-    if step == "tables":
-        from musicdecomp.sweep import tables_config
-
-        for section in ("musicslots", "baselines", "probe"):
-            validate(params, section)
-        return tables_config(params)
-
     if step not in STEPS:
         raise UserError(f"unknown step {step!r}; known steps: {', '.join(STEPS)}")
     spec = STEPS[step]
+    if spec.resolve is not None:  # a slice assembled from several sections (musicdecomp.sweep)
+        for key in spec.params:
+            validate(params, key)
+        if spec.per_run and (dataset is None or variant is None or seed is None):
+            raise UserError(f"{step.replace('_', '-')} needs --dataset, --variant and --seed")
+        return spec.resolve(params, dataset, variant, None if seed is None else int(seed))
     if spec.per_dataset:
         if dataset is None:
             raise UserError(f"step {step} needs --dataset")

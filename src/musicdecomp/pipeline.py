@@ -8,6 +8,9 @@ of its code files, or in an input file.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
+from musicdecomp import sweep
 
 PACKAGE_DIR = "src/musicdecomp"
 SPLITS = ("train", "valid", "test")
@@ -20,6 +23,10 @@ class Step:
     per_dataset: bool = False
     # the render step also depends on every dataset's program list (see config.render_programs)
     uses_all_programs: bool = False
+    # steps whose slice is assembled by a function of (params, dataset, variant, seed) rather than cut from
+    # ``params`` (which then only lists what is validated and what DVC tracks); per_run: it needs all three
+    resolve: Callable | None = None
+    per_run: bool = False
 
     def param_keys(self, params: dict, dataset: str | None = None) -> list[str]:
         keys = [k.format(dataset=dataset) for k in self.params]
@@ -47,18 +54,18 @@ STEPS: dict[str, Step] = {
     "stems": Step(params=("stems", "data.render.soundfont", "data.render.reverb", "data.render.chorus"),
                   code=("data/stems.py", "data/drums.py", "data/chunks.py", "data/render.py")),
     "mlflow_init": Step(params=("tracking",), code=("train/tracking.py",)),
-    # one MusicSlots run per (dataset, variant, seed); its slice is resolved by musicdecomp.sweep.train_config
+    # one MusicSlots run per (dataset, variant, seed)
     "train_musicslots": Step(params=("musicslots.model", "musicslots.train"),
                              code=("models/encoder.py", "models/slot_attention.py", "models/decoder.py",
                                    "models/musicslots.py", "train/musicslots.py", "train/loop.py",
                                    "train/schedule.py", "eval/metrics.py"),
-                             per_dataset=True),
+                             per_dataset=True, resolve=sweep.train_config, per_run=True),
     "eval_musicslots": Step(params=(), code=("eval/musicslots.py", "eval/metrics.py"), per_dataset=True),
     "train_baseline": Step(params=("baselines.vae", "baselines.cnn"),
                            code=("models/baselines.py", "train/baselines.py", "train/loop.py", "eval/accuracy.py"),
-                           per_dataset=True),
+                           per_dataset=True, resolve=sweep.baseline_config, per_run=True),
     "probe": Step(params=("probe",), code=("eval/probes.py", "eval/accuracy.py", "models/baselines.py",
-                                          "train/loop.py"), per_dataset=True),
+                                          "train/loop.py"), per_dataset=True, resolve=sweep.probe_config),
     "tables": Step(params=("musicslots.model", "musicslots.sweep", "baselines", "probe.musicslots_variants"),
-                   code=("eval/tables.py",)),
+                   code=("eval/tables.py",), resolve=sweep.tables_config),
 }

@@ -89,13 +89,18 @@ def baseline_config(params: dict, dataset: str, name: str, seed: int) -> dict:
     return {**cfg, "kind": "vae", "kld_weight": float(m.group(1)), "model": vae["model"], "train": vae["train"]}
 
 
+def probe_config(params: dict, *_run) -> dict:
+    """What a probe depends on: the probe's training settings (the probed run brings its own config)."""
+    return {"train": params["probe"]["train"]}
+
+
 def probe_runs(params: dict) -> list[tuple[str, str, int]]:
     """The MusicSlots runs whose slots are probed."""
     wanted = set(params["probe"]["musicslots_variants"])
     return [r for r in musicslots_runs(params) if r[1] in wanted]
 
 
-def tables_config(params: dict) -> dict:
+def tables_config(params: dict, *_run) -> dict:
     """What the tables depend on: the lists of runs (their evaluations are the inputs)."""
     return {"runs": [list(r) for r in musicslots_runs(params)],
             "probed": [list(r) for r in probe_runs(params)],
