@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -36,6 +37,25 @@ BLOCK = 64  # FluidSynth renders in blocks of 64 samples; events take effect at 
 
 
 def import_fluidsynth():
+    """pyfluidsynth, bound to ``$MUSICDECOMP_FLUIDSYNTH_LIB`` when set (a libfluidsynth.so.3 outside the system's
+    library folders, e.g. the kit of workflow/scripts/fluidsynth_kit.sh; pyfluidsynth itself only looks where
+    ``ctypes.util.find_library`` looks)."""
+    lib = os.environ.get("MUSICDECOMP_FLUIDSYNTH_LIB")
+    if lib and "fluidsynth" not in sys.modules:
+        if not Path(lib).is_file():
+            raise UserError(f"MUSICDECOMP_FLUIDSYNTH_LIB={lib} does not exist; point it at libfluidsynth.so.3 "
+                            f"(source the kit's env.sh) or unset it to use the system's FluidSynth")
+        import ctypes.util
+
+        find = ctypes.util.find_library
+        ctypes.util.find_library = lambda name: lib if "fluidsynth" in name else find(name)
+        try:
+            import fluidsynth  # noqa: F401
+        except OSError as e:  # a library it needs is missing
+            raise UserError(f"cannot load {lib} ({e}); set LD_LIBRARY_PATH to the folder of the libraries it "
+                            f"needs (the kit's env.sh does)") from None
+        finally:
+            ctypes.util.find_library = find
     try:
         import fluidsynth  # noqa: F401  (pyfluidsynth)
     except ImportError as e:
