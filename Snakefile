@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/musicslots.smk"
 include: "workflow/rules/baselines.smk"
+include: "workflow/rules/codec.smk"
 
 
 rule all:

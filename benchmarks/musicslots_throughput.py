@@ -10,8 +10,6 @@ Synthetic dB chords (the speed does not depend on the data); the timed loop is t
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -19,6 +17,8 @@ import torch
 
 from musicdecomp.models.musicslots import MusicSlots
 from musicdecomp.train.loop import autocast, pick_device
+
+from benchlib import device_name, timed, write_record
 
 
 def bench(mask: str, stride: int, steps: int, batch: int, amp: str, device: torch.device, **model_kw) -> float:
@@ -36,16 +36,7 @@ def bench(mask: str, stride: int, steps: int, batch: int, amp: str, device: torc
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    for _ in range(3):  # warm-up (kernel selection, allocator)
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps / (time.perf_counter() - t)
+    return 1.0 / timed(step, steps, device, warmup=3)
 
 
 def main() -> None:
@@ -58,7 +49,7 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).parent))
     args = p.parse_args()
     device = pick_device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or 'x86_64'}, {torch.get_num_threads()} threads)"
+    name = device_name(device)
     kw = dict(dim=16, enc_channels=16) if args.small else {}
     results = []
     for mask in ("none", "sigmoid", "softmax"):
@@ -70,10 +61,7 @@ def main() -> None:
     record = {"device": name, "torch": torch.__version__, "batch": args.batch, "amp": args.amp,
               "model": "small" if args.small else "paper (3.5 M parameters)", "results": results,
               "date": time.strftime("%Y-%m-%d")}
-    slug = "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).strip("_").lower()
-    out = Path(args.out) / f"musicslots_throughput_{slug}{'_small' if args.small else ''}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"-> {out}")
+    print(f"-> {write_record(args.out, 'musicslots_throughput' + ('_small' if args.small else ''), name, record)}")
 
 
 if __name__ == "__main__":

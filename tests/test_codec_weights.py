@@ -4,12 +4,15 @@ code <-> latent <-> audio with the loaded model."""
 import functools
 import hashlib
 import http.server
+import shutil
 import threading
 
 import pytest
 import torch
 
+from musicdecomp.codec.source import load_codec, prepare_codec
 from musicdecomp.codec.weights import find_weights, load_pretrained
+from musicdecomp.config import step_config
 from musicdecomp.errors import UserError
 
 
@@ -96,3 +99,31 @@ def test_codes_latents_audio_shapes(weights_file, tmp_path):
     (tmp_path / "junk.th").write_bytes(b"junk")
     with pytest.raises(UserError, match="is not an EnCodec 24 kHz state dict"):
         load_pretrained(tmp_path / "junk.th")
+
+
+def test_codec_step_uses_pretrained_weights_where_present(weights_file, torch_home, tmp_path, params):
+    """codec.source auto: trained while no weights are on the machine, pretrained once the hub cache holds them;
+    the codec step then writes model.pt with exactly those weights."""
+    codec = {**params["codec"], "url": f"http://127.0.0.1:9/{weights_file.name}"}
+    p = {**params, "codec": codec}
+    assert step_config(p, "codec")["source"] == "trained"
+    cache = torch_home / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    shutil.copy(weights_file, cache / weights_file.name)
+    cfg = step_config(p, "codec")
+    assert cfg == {"source": "pretrained", "bandwidth": 24.0, "weights": None, "url": codec["url"]}
+    info = prepare_codec(cfg, tmp_path / "no-stems-needed", tmp_path / "codec")
+    assert info["origin"] == str(cache / weights_file.name) and info["n_q"] == 32
+    model, loaded = load_codec(tmp_path / "codec" / "model.pt")
+    state = torch.load(weights_file, weights_only=True)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert loaded["sha256"].startswith(weights_file.name.split("-")[1][:8])
+    # a local file given in params wins, and a wrong one is refused by its checksum
+    (tmp_path / "other.th").write_bytes(b"x" * 100)
+    with pytest.raises(UserError, match="sha256"):
+        prepare_codec({**cfg, "weights": str(tmp_path / "other.th")}, tmp_path, tmp_path / "codec2")
+    assert not (tmp_path / "codec2" / "model.pt").exists()
+    # source: pretrained with no weights and no network: the one-line error naming the offline alternative
+    shutil.rmtree(cache)
+    with pytest.raises(UserError, match="codec.source: trained"):
+        prepare_codec({**cfg, "source": "pretrained"}, tmp_path, tmp_path / "codec3")

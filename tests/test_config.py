@@ -25,13 +25,19 @@ def test_deep_merge_overrides_leaves_and_keeps_siblings():
 def test_tiny_config_only_shrinks_the_run(tiny_params, params):
     """The tiny override changes sizes (chords, assignments, model width, steps), never the data protocol."""
     changed = {k for k, v in flatten(tiny_params).items() if flatten(params).get(k) != v}
-    data_changes = {k for k in changed if not k.startswith(("musicslots.", "baselines.", "probe.", "stems."))}
+    data_changes = {k for k in changed if not k.startswith(("musicslots.", "baselines.", "probe.", "stems.", "codec."))}
     assert data_changes == {"data.jsb.chords.max_chords", "datasets.jsb_multi.assignments_per_chord",
                             "figures.n_examples", "data.jsb.source.json_path", "data.jsb16.source.json_path"}
     assert {k for k in changed if k.startswith("musicslots.model.")} <= {
         "musicslots.model.dim", "musicslots.model.enc_channels", "musicslots.model.iters"}
+    # the codec: explicitly the trained alternative (CI has no weights either way), fewer codebooks, shorter crops,
+    # few steps, few test chunks; its losses and validation are the protocol's
+    assert {k for k in changed if k.startswith("codec.") and not k.startswith("codec.trained.train.")} == {
+        "codec.source", "codec.bandwidth", "codec.encode_batch", "codec.trained.crop_seconds",
+        "codec.eval.max_chunks", "codec.eval.n_examples"}
     assert not {k for k in changed if k.endswith((".lr", ".batch_size")) and not k.startswith("probe.")} - {
-        "musicslots.train.batch_size", "baselines.vae.train.batch_size", "baselines.cnn.train.batch_size"}
+        "musicslots.train.batch_size", "baselines.vae.train.batch_size", "baselines.cnn.train.batch_size",
+        "codec.trained.train.batch_size"}
 
 
 @pytest.mark.parametrize("key, value, words", [
@@ -41,6 +47,9 @@ def test_tiny_config_only_shrinks_the_run(tiny_params, params):
     (("datasets", "jsb_multi", "programs"), [0, 0], "distinct"),
     (("data", "render", "velocity"), 200, "data.render.velocity = 200"),
     (("data", "render", "reverb"), "yes", "true or false"),
+    (("codec", "bandwidth"), 5.0, "EnCodec 24 kHz bandwidths"),
+    (("codec", "source"), "download", "codec.source = 'download' is out of range"),
+    (("stems", "sample_rate"), 16000, "needs 24000"),
 ])
 def test_out_of_range_params_name_the_key(params, key, value, words):
     bad = deep_merge(params, {})

@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from musicdecomp.pipeline import STEPS
+from musicdecomp.pipeline import SPLITS, STEPS
 from musicdecomp.sweep import baseline_dir, baseline_runs, musicslots_runs, probe_runs, run_dir
 
 from conftest import REPO, tool_env
@@ -27,10 +27,13 @@ def dvc_stages(params):
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     out = {}
     for name, stage in stages.items():
-        if "foreach" in stage:
-            assert stage["foreach"] == "${datasets}"
+        if stage.get("foreach") == "${datasets}":
             for ds in params["datasets"]:
                 out[(name, ds)] = yaml.safe_load(yaml.safe_dump(stage["do"]).replace("${key}", ds))
+        elif "foreach" in stage:  # over the splits
+            assert stage["foreach"] == list(SPLITS), name
+            for split in SPLITS:
+                out[(name, None)] = yaml.safe_load(yaml.safe_dump(stage["do"]).replace("${item}", split))
         else:
             out[(name, None)] = stage
     return out

@@ -8,6 +8,7 @@ import shutil
 import sys
 
 import pytest
+import torch
 import yaml
 
 from musicdecomp.config import deep_merge
@@ -59,6 +60,14 @@ def test_tiny_sweep_trains_every_variant_and_makes_table1(tiny_all, tiny_params)
     assert {f"{d}/{v}/seed{s}/probe" for d, v, s in probe_runs(tiny_params)} <= names
     ms = found[found["tags.model"] == "musicslots"]
     assert len(ms) == 28 and ms["metrics.test/miou"].notna().all()
+    # the codec side: a trained codec (an MLflow run too), codes for every split, the reconstruction table
+    assert "codec/trained" in names
+    codec = json.loads((tiny_all / "results/codec/codec.json").read_text())
+    assert codec["source"] == "trained" and codec["n_q"] == 2
+    for split in ("train", "valid", "test"):
+        assert (tiny_all / f"results/codec/codes/{split}.pt").stat().st_size > 0
+    table = (tiny_all / "results/tables/codec.md").read_text()
+    assert "| EnCodec architecture, trained here | 1.5 | drums_bass | mix |" in table and "4.7" in table
 
 
 def test_second_run_does_nothing(tiny_all, tiny_override):
@@ -81,6 +90,9 @@ def test_second_run_does_nothing(tiny_all, tiny_override):
     ({"baselines": {"cnn": {"train": {"lr": 1e-4}}}}, {"train_baseline": 2, "probe_baseline": 2, "tables": 1, "all": 1}),
     ({"probe": {"train": {"lr": 1e-4}}}, {"probe_musicslots": 4, "probe_baseline": 6, "tables": 1, "all": 1}),
     ({"tracking": {"experiment": "other"}}, {}),
+    ({"codec": {"eval": {"seed": 3}}}, {"eval_codec": 1, "all": 1}),
+    ({"codec": {"encode_batch": 3}}, {"cache_codes": 3, "eval_codec": 1, "all": 1}),
+    ({"codec": {"trained": {"l1_weight": 0.5}}}, {"codec": 1, "cache_codes": 3, "eval_codec": 1, "all": 1}),
 ])
 def test_a_param_change_reruns_only_what_depends_on_it(tiny_all, tiny_override, tmp_path, change, expected):
     extra = tmp_path / "change.yaml"
@@ -105,33 +117,57 @@ def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_dvc_repro_produces_the_same_files(tiny_run, tiny_params, tmp_path):
-    """dvc repro in a copy of the project (params = params.yaml + tiny override) equals Snakemake's output."""
-    proj = tmp_path / "proj"
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def dvc_project(proj, params):
+    """A copy of the project (dvc.yaml, src/) with ``params`` as its params.yaml, DVC initialised (no git)."""
     proj.mkdir()
     shutil.copy(REPO / "dvc.yaml", proj)
     shutil.copytree(REPO / "src", proj / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (proj / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
-    dvc = [sys.executable, "-m", "dvc"]
-    run(dvc + ["init", "--no-scm", "-q"], cwd=proj)
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(DVC + ["init", "--no-scm", "-q"], cwd=proj)
+    return proj
+
+
+def test_dvc_repro_produces_the_same_files(tiny_run, tiny_params, tmp_path):
+    """dvc repro in a copy of the project (params = params.yaml + tiny override) equals Snakemake's output."""
+    proj = dvc_project(tmp_path / "proj", tiny_params)
     data_stages = [f"figures@{d}" for d in ("jsb_single", "jsb_multi")]  # and everything upstream
-    run(dvc + ["repro", "-q", *data_stages], cwd=proj)
+    run(DVC + ["repro", "-q", *data_stages], cwd=proj)
     for t in TARGETS + ["results/data/jsb/chords.csv", "results/data/notes/notes.pt"]:
         if t.endswith(".png"):
             assert (proj / t).stat().st_size > 0
         else:
             assert sha(proj / t) == sha(tiny_run / t), t
-    assert "up to date" in run(dvc + ["status", *data_stages], cwd=proj).stdout
+    assert "up to date" in run(DVC + ["status", *data_stages], cwd=proj).stdout
     # one MusicSlots run (train + eval) through its DVC stages, MLflow database included
-    run(dvc + ["repro", "-q", "eval_musicslots_single@jsb_single-0"], cwd=proj)
+    run(DVC + ["repro", "-q", "eval_musicslots_single@jsb_single-0"], cwd=proj)
     ev = json.loads((proj / "results/musicslots/jsb_single/none-t1-imp_true-k7/seed0/test.json").read_text())
     assert ev["run_name"] == "jsb_single/none-t1-imp_true-k7/seed0" and ev["test"]["examples"] > 0
     assert (proj / "results/mlflow/mlflow.db").is_file()
     # one param changed: only the stages that depend on it are out of date
     changed = deep_merge(tiny_params, {"figures": {"seed": 5}})
     (proj / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
-    status = run(dvc + ["status", "--json", *data_stages, "eval_musicslots_single@jsb_single-0"], cwd=proj).stdout
+    status = run(DVC + ["status", "--json", *data_stages, "eval_musicslots_single@jsb_single-0"], cwd=proj).stdout
     assert set(yaml.safe_load(status)) == {"figures@jsb_single", "figures@jsb_multi"}
+
+
+def test_dvc_repro_builds_the_codec_side_like_snakemake(tiny_all, tiny_params, tmp_path):
+    """The stems -> codec -> codes -> table chain through DVC (foreach over the splits) gives Snakemake's files."""
+    proj = dvc_project(tmp_path / "proj", tiny_params)
+    run(DVC + ["repro", "-q", "eval_codec", "cache_codes@train"], cwd=proj)
+    assert sha(proj / "results/stems/jsb/test.json") == sha(tiny_all / "results/stems/jsb/test.json")
+    # the same trained codec (its weights' sha256) and the same codes (the files differ only in wall times)
+    assert (json.loads((proj / "results/codec/codec.json").read_text())["sha256"]
+            == json.loads((tiny_all / "results/codec/codec.json").read_text())["sha256"])
+    for split in ("train", "test"):
+        a, b = (torch.load(root / f"results/codec/codes/{split}.pt", weights_only=True) for root in (proj, tiny_all))
+        assert torch.equal(a["positions"], b["positions"]) and a["classes"].keys() == b["classes"].keys()
+        assert all(torch.equal(a["classes"][c], b["classes"][c]) for c in a["classes"])
+        assert all(torch.equal(a["subsets"][s]["mix"], b["subsets"][s]["mix"]) for s in a["subsets"])
+    assert (proj / "results/tables/codec.md").read_text() == (tiny_all / "results/tables/codec.md").read_text()
+    assert "up to date" in run(DVC + ["status", "eval_codec", "cache_codes@train"], cwd=proj).stdout
 
 
 def test_bad_input_fails_cleanly_under_snakemake(tmp_path, tiny_override):

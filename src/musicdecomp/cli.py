@@ -66,6 +66,28 @@ def cmd_stems(args):
     build_stems(_step_cfg(args, "stems"), args.json, args.out_dir, workers=args.workers)
 
 
+def cmd_codec(args):
+    from musicdecomp.codec.source import prepare_codec
+    prepare_codec(_step_cfg(args, "codec"), args.stems_dir, args.out_dir, device=args.device,
+                  tracking=_tracking(args))
+
+
+def cmd_cache_codes(args):
+    from musicdecomp.codec.latents import cache_codes
+    from musicdecomp.codec.source import load_codec
+    from musicdecomp.train.loop import pick_device
+
+    model, info = load_codec(args.codec)
+    cache_codes(model, args.index, args.out, batch=_step_cfg(args, "cache_codes")["codec.encode_batch"],
+                device=pick_device(args.device), codec_info=info)
+
+
+def cmd_eval_codec(args):
+    from musicdecomp.eval.codec import evaluate_codec
+    evaluate_codec(_step_cfg(args, "eval_codec")["codec.eval"], args.codec, args.codes, args.index, args.out,
+                   args.table_csv, args.table_md, args.figure, args.audio_dir, device=args.device)
+
+
 def cmd_mlflow_init(args):
     from musicdecomp.train.tracking import init_experiment
     init_experiment(args.tracking_uri, args.experiment, args.artifacts, args.out)
@@ -161,6 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
     def add_tracking(sp):
         sp.add_argument("--tracking-uri", help="MLflow tracking URI (e.g. sqlite:///results/mlflow/mlflow.db)")
         sp.add_argument("--experiment", default="musicdecomp", help="MLflow experiment name")
+
+    sp = add("codec", cmd_codec, "find the pretrained EnCodec weights or train the codec on the stems (resumable)")
+    sp.add_argument("--stems-dir", required=True, help="folder of the stems' train/valid/test.json")
+    sp.add_argument("--out-dir", required=True, help="writes model.pt and codec.json (and trained/ when trained)")
+    sp.add_argument("--device", default="auto")
+    add_tracking(sp)
+    sp = add("cache-codes", cmd_cache_codes, "encode one split of the stems (each class, each subset's mix)")
+    sp.add_argument("--codec", required=True, help="model.pt written by the codec step")
+    sp.add_argument("--index", required=True, help="the split's stems index, e.g. results/stems/jsb/train.json")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--device", default="auto")
+    sp = add("eval-codec", cmd_eval_codec, "codec reconstruction on the test split: MS-STFT table, figure, audio")
+    sp.add_argument("--codec", required=True)
+    sp.add_argument("--codes", required=True, help="the test split's cached codes")
+    sp.add_argument("--index", required=True, help="the test split's stems index")
+    sp.add_argument("--out", required=True, help="JSON of every figure")
+    sp.add_argument("--table-csv", required=True)
+    sp.add_argument("--table-md", required=True)
+    sp.add_argument("--figure", required=True)
+    sp.add_argument("--audio-dir", required=True, help="folder for WAV examples (original and decoded)")
+    sp.add_argument("--device", default="auto")
 
     sp = add("mlflow-init", cmd_mlflow_init, "create the MLflow database and experiment (before parallel runs)")
     add_tracking(sp)

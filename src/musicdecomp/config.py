@@ -252,6 +252,21 @@ SCHEMA: dict[str, Check] = {
     "stems.chunk_seconds": _num(0.1, strict_lo=True),
     "stems.min_rms": _num(0),
     "stems.subsets.*": _choice_list("drums", "bass", "piano"),
+    "codec.source": _choice("auto", "pretrained", "trained"),
+    "codec.weights": _optional(_str()),
+    "codec.url": _str(),
+    "codec.bandwidth": ((lambda v: v in (1.5, 3.0, 6.0, 12.0, 24.0) and not isinstance(v, bool)),
+                        "one of 1.5, 3.0, 6.0, 12.0, 24.0 (EnCodec 24 kHz bandwidths, kbps)"),
+    "codec.encode_batch": _num(1, integer=True),
+    "codec.trained.seed": _num(0, integer=True),
+    "codec.trained.crop_seconds": _num(0.05, 60),
+    "codec.trained.l1_weight": _num(0),
+    "codec.trained.mel_weight": _num(0),
+    "codec.trained.commit_weight": _num(0),
+    **_train_schema("codec.trained.train"),
+    "codec.eval.max_chunks": _optional(_num(1, integer=True)),
+    "codec.eval.n_examples": _num(1, 16, integer=True),
+    "codec.eval.seed": _num(0, integer=True),
     "tracking.mlflow_uri": _optional(_str()),
     "tracking.experiment": _str(),
     "figures.n_examples": _num(1, 16, integer=True),
@@ -293,6 +308,10 @@ def validate(params: dict, prefix: str = "") -> None:
                 raise UserError(f"parameter data.mel.f_max = {mel['f_max']} must exceed data.mel.f_min = {mel['f_min']}")
             if mel["hop_length"] > mel["n_fft"]:
                 raise UserError("parameter data.mel.hop_length must not exceed data.mel.n_fft")
+    if (not prefix or prefix.startswith("codec")) and "codec" in params and "stems" in params:
+        if params["stems"]["sample_rate"] != 24000:
+            raise UserError(f"stems.sample_rate = {params['stems']['sample_rate']}, but the codec (EnCodec 24 kHz) "
+                            f"needs 24000; set stems.sample_rate: 24000")
     if (not prefix or prefix == "musicslots" or prefix.startswith("musicslots.sweep")) and "musicslots" in params:
         ms = params["musicslots"]
         sweep, base = ms["sweep"], ms["model"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from musicdecomp import sweep
+from musicdecomp.codec.source import codec_config
 
 PACKAGE_DIR = "src/musicdecomp"
 SPLITS = ("train", "valid", "test")
@@ -53,6 +54,13 @@ STEPS: dict[str, Step] = {
     "fetch_jsb16": Step(params=("data.jsb16.source",), code=("data/jsb.py", "data/stems.py")),
     "stems": Step(params=("stems", "data.render.soundfont", "data.render.reverb", "data.render.chorus"),
                   code=("data/stems.py", "data/drums.py", "data/chunks.py", "data/render.py")),
+    # the codec (pretrained weights, or trained on the stems), its codes per split, its reconstruction table
+    "codec": Step(params=("codec.source", "codec.weights", "codec.url", "codec.bandwidth", "codec.trained",
+                          "stems.sample_rate"),
+                  code=("codec/source.py", "codec/weights.py", "codec/model.py", "codec/train.py", "eval/msstft.py",
+                        "train/loop.py"), resolve=codec_config),
+    "cache_codes": Step(params=("codec.encode_batch",), code=("codec/latents.py", "codec/model.py")),
+    "eval_codec": Step(params=("codec.eval",), code=("eval/codec.py", "eval/msstft.py", "codec/model.py")),
     "mlflow_init": Step(params=("tracking",), code=("train/tracking.py",)),
     # one MusicSlots run per (dataset, variant, seed)
     "train_musicslots": Step(params=("musicslots.model", "musicslots.train"),

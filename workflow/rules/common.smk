@@ -1,5 +1,6 @@
 # Helpers shared by the rules: the parameter slices and code files each step depends on come from
 # musicdecomp.pipeline, the same table dvc.yaml follows.
+import json
 import os
 import re
 import sys
@@ -41,5 +42,6 @@ def data_targets():
 
 
 def all_targets():
-    return data_targets() + ["results/tables/table1_musicslots.md", "results/tables/table2_probes.md",
-                             "results/stems/jsb/summary.json"]
+    return (data_targets() + ["results/tables/table1_musicslots.md", "results/tables/table2_probes.md",
+                             "results/stems/jsb/summary.json", "results/tables/codec.md"]
+            + [f"results/codec/codes/{split}.pt" for split in SPLITS])

@@ -1,38 +1,102 @@
-"""Cache the codec codes of every kept chunk of a stems subset: each class and the mixture, int16
-(n_q, 525) per 7-s signal. ``codes_to_latent`` turns them into the (128, 525) latents."""
+"""Cache the codec codes of one split of the stems: int16 (n_q, 525) per 7-s signal.
+
+Each class is encoded once per chunk position, however many subsets keep that chunk (drums+bass and
+drums+bass+piano share their drums), and each subset's mixture (the mean of its classes) is encoded on its own:
+EnCodec is nonlinear, so enc(mix) is not a function of the stems' codes. ``subset_codes`` returns the codes of
+one subset in the order of the index's chunk list; ``codes_to_latent`` turns them into the (128, 525) latents.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from musicdecomp.codec.model import encode_codes
-from musicdecomp.data.stems import chunk_audio
+from musicdecomp.errors import UserError
 from musicdecomp.io import atomic_path
 from musicdecomp.logs import get_logger, progress
 
 log = get_logger("latents")
 
 
-def cache_codes(model, index_path: str | Path, subset: str, out: str | Path, batch: int = 8,
+def read_position(index: dict, folder: Path, position: tuple[int, int]) -> np.ndarray:
+    """(n_classes, chunk_len) audio of every class at one chunk position."""
+    import soundfile as sf
+
+    r, start = position
+    audio, _ = sf.read(folder / index["renders"][r]["file"], dtype="float32", always_2d=True, start=start,
+                       frames=index["chunk_len"])
+    return audio.T
+
+
+def cache_codes(model, index_path: str | Path, out: str | Path, batch: int = 8,
                 device: torch.device | str = "cpu", codec_info: dict | None = None) -> dict:
     index_path = Path(index_path)
-    index = json.loads(index_path.read_text())
-    classes = index["subsets"][subset]
-    n = len(index["chunks"][subset])
-    codes: dict[str, list[torch.Tensor]] = {c: [] for c in classes + ["mix"]}
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{index_path} is not a readable stems index ({e}); rerun the stems step") from None
+    folder, subsets = index_path.parent / index["folder"], index["subsets"]
+    positions = sorted({tuple(p) for name in subsets for p in index["chunks"][name]})
+    where = {p: i for i, p in enumerate(positions)}
+    classes = [c for c in index["classes"] if any(c in members for members in subsets.values())]
+    col = {c: index["classes"].index(c) for c in classes}
+    kept = {name: {tuple(p) for p in index["chunks"][name]} for name in subsets}
+    codes: dict[str, list[torch.Tensor]] = {c: [] for c in classes}
+    mixes: dict[str, list[torch.Tensor]] = {name: [] for name in subsets}
+    mix_pos: dict[str, list[int]] = {name: [] for name in subsets}
     model = model.to(device).eval()
-    for start in progress(range(0, n, batch), desc=f"codes {index_path.stem} {subset}", unit="batch"):
-        items = [chunk_audio(index, index_path.parent, subset, i) for i in range(start, min(start + batch, n))]
-        for name in classes + ["mix"]:
-            audio = torch.stack([torch.from_numpy(stems[name] if name != "mix" else mix) for stems, mix in items])
-            codes[name].append(encode_codes(model, audio.to(device)).cpu())
-    payload = {"subset": subset, "classes": classes, "chunks": index["chunks"][subset],
-               "codes": {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.int16) for k, v in codes.items()},
-               "frame_rate": model.frame_rate, "bandwidth": model.bandwidth, "codec": codec_info or {}}
+    for start in progress(range(0, len(positions), batch), desc=f"codes {index_path.stem}", unit="batch"):
+        block = positions[start:start + batch]
+        audio = torch.from_numpy(np.stack([read_position(index, folder, p) for p in block]))  # (B, n_classes, n)
+        for c in classes:
+            codes[c].append(encode_codes(model, audio[:, col[c]].to(device)).cpu())
+        for name, members in subsets.items():
+            sel = [j for j, p in enumerate(block) if p in kept[name]]
+            if sel:
+                mix = audio[sel][:, [col[c] for c in members]].mean(1)
+                mixes[name].append(encode_codes(model, mix.to(device)).cpu())
+                mix_pos[name] += [where[block[j]] for j in sel]
+
+    def cat(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int16)
+
+    out_subsets = {}
+    for name, members in subsets.items():
+        items = torch.tensor([where[tuple(p)] for p in index["chunks"][name]], dtype=torch.long)
+        # mixes were encoded in position order; put them in the index's chunk order
+        rank = {pos: k for k, pos in enumerate(mix_pos[name])}
+        mix = cat(mixes[name])
+        out_subsets[name] = {"classes": list(members), "items": items,
+                             "mix": mix[[rank[int(i)] for i in items]] if len(items) else mix}
+    payload = {"split": index_path.stem, "positions": torch.tensor(positions, dtype=torch.long).reshape(-1, 2),
+               "classes": {c: cat(v) for c, v in codes.items()}, "subsets": out_subsets,
+               "chunk_len": index["chunk_len"], "frame_rate": model.frame_rate, "bandwidth": model.bandwidth,
+               # the codec's identity only (not its training wall time), so equal codes make equal files
+               "codec": {k: v for k, v in (codec_info or {}).items() if k in ("source", "sha256", "bandwidth", "n_q")}}
     with atomic_path(out) as tmp:
         torch.save(payload, tmp)
-    log.info("%s %s: %d chunks -> %s", index_path.stem, subset, n, out)
-    return {"chunks": n, "shape": list(payload["codes"]["mix"].shape)}
+    shapes = {name: list(s["mix"].shape) for name, s in out_subsets.items()}
+    log.info("%s: %d chunk positions, %d classes, mixes %s -> %s", index_path.stem, len(positions), len(classes),
+             shapes, out)
+    return {"positions": len(positions), "classes": classes, "mix_shapes": shapes}
+
+
+def subset_codes(payload: dict, subset: str) -> dict[str, torch.Tensor]:
+    """{class: (N, n_q, T'), "mix": (N, n_q, T')} codes of ``subset``, in the index's chunk order."""
+    if subset not in payload["subsets"]:
+        raise UserError(f"subset {subset!r} is not in the cached codes (cached: {', '.join(payload['subsets'])}); "
+                        f"add it to stems.subsets and rerun the stems and codes steps")
+    s = payload["subsets"][subset]
+    return {**{c: payload["classes"][c][s["items"]] for c in s["classes"]}, "mix": s["mix"]}
+
+
+def load_codes(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; run the cache_codes step first") from None

@@ -12,11 +12,43 @@ import warnings
 import torch
 
 
+ENCODEC_KMEANS = None
+
+
+def kmeans(samples: torch.Tensor, num_clusters: int, num_iters: int = 10):
+    """encodec's codebook k-means (same sampling, same updates, same return) with the squared distances computed
+    as |x|^2 - 2 x.c + |c|^2 instead of through an (n, clusters, dim) difference tensor. Same assignments up to
+    float rounding in near-ties; on a 2-core CPU the 32 codebooks of a 24 kbps codec initialise on 8 one-second
+    crops in seconds instead of 8 minutes."""
+    from encodec.quantization.core_vq import sample_vectors
+
+    dim, dtype = samples.shape[-1], samples.dtype
+    means = sample_vectors(samples, num_clusters)
+    sq = (samples ** 2).sum(-1, keepdim=True)
+    for _ in range(num_iters):
+        dists = -(sq - 2 * samples @ means.t() + (means ** 2).sum(-1)[None])
+        buckets = dists.max(dim=-1).indices
+        bins = torch.bincount(buckets, minlength=num_clusters)
+        zero_mask = bins == 0
+        bins_min_clamped = bins.masked_fill(zero_mask, 1)
+        new_means = buckets.new_zeros(num_clusters, dim, dtype=dtype)
+        new_means.scatter_add_(0, buckets[:, None].expand(-1, dim), samples)
+        new_means = new_means / bins_min_clamped[..., None]
+        means = torch.where(zero_mask[..., None], means, new_means)
+    return means, bins
+
+
 def build_encodec(bandwidth: float = 24.0):
     """The EnCodec 24 kHz architecture with fresh weights (load a state dict, or train it)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # encodec uses the deprecated weight_norm
         from encodec import EncodecModel
+        from encodec.quantization import core_vq
+
+        if core_vq.kmeans is not kmeans:
+            global ENCODEC_KMEANS
+            ENCODEC_KMEANS = core_vq.kmeans  # the package's own, kept for comparison
+            core_vq.kmeans = kmeans  # the codebooks' initialisation looks the function up here at call time
 
         model = EncodecModel.encodec_model_24khz(pretrained=False)
     model.set_target_bandwidth(bandwidth)

@@ -7,13 +7,13 @@ validation by the MS-STFT distance on fixed crops of the validation split.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from musicdecomp.codec.model import build_encodec
+from musicdecomp.errors import UserError
 from musicdecomp.eval.msstft import ms_stft_distance
 from musicdecomp.train.loop import pick_device, run_training
 
@@ -31,27 +31,48 @@ def multiscale_mel_loss(x: torch.Tensor, y: torch.Tensor, sample_rate: int = 240
 
 
 class CropSampler:
-    """Random crops from the renders of a stems index: a random stem channel or the mean of all of them."""
+    """Random crops from the renders of a stems index: a random stem channel or the mean of all of them, drawn
+    with a torch generator (the training loop checkpoints it, so a resumed run draws the same crops)."""
 
-    def __init__(self, index_path: Path, crop: int, seed: int):
+    def __init__(self, index_path: Path, crop: int):
         self.index_path = Path(index_path)
         index = json.loads(self.index_path.read_text())
         self.folder = self.index_path.parent / index["folder"]
         self.renders = [r for r in index["renders"] if r["n_samples"] > crop]
+        if not self.renders:
+            raise UserError(f"{self.index_path}: no render is longer than a {crop}-sample crop; "
+                            f"lower codec.trained.crop_seconds or render more stems")
         self.crop = crop
-        self.rng = random.Random(seed)
 
-    def draw(self, n: int) -> torch.Tensor:
+    def draw(self, n: int, gen: torch.Generator) -> torch.Tensor:
         import soundfile as sf
 
+        picks = torch.randint(len(self.renders), (n,), generator=gen, device=gen.device).tolist()
+        u = torch.rand(n, 2, generator=gen, device=gen.device).tolist()
         out = np.zeros((n, self.crop), np.float32)
-        for i in range(n):
-            r = self.rng.choice(self.renders)
-            start = self.rng.randrange(0, r["n_samples"] - self.crop)
+        for i, (k, (u_start, u_which)) in enumerate(zip(picks, u)):
+            r = self.renders[k]
+            start = int(u_start * (r["n_samples"] - self.crop))
             audio, _ = sf.read(self.folder / r["file"], dtype="float32", start=start, frames=self.crop, always_2d=True)
-            which = self.rng.randrange(audio.shape[1] + 1)
+            which = min(int(u_which * (audio.shape[1] + 1)), audio.shape[1])
             out[i] = audio.mean(1) if which == audio.shape[1] else audio[:, which]
         return torch.from_numpy(out)
+
+
+# EnCodec initialises each codebook by k-means on the first batch a process sees; its paper trained with batch 64
+# on 8 GPUs, i.e. 8 one-second crops per process. Initialising on a full batch of 32 costs about 20 minutes on a
+# 2-core CPU (the k-means materialises a vectors x 1024 x 128 distance tensor 50 times per codebook).
+INIT_CROPS = 8
+
+
+@torch.no_grad()
+def init_codebooks(model, sampler: CropSampler, n: int, seed: int, device: torch.device) -> None:
+    """Run the RVQ's k-means initialisation on ``n`` crops drawn with their own seed (a resumed run then loads
+    the checkpoint's codebooks over them)."""
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    x = sampler.draw(n, gen).to(device)
+    model.quantizer(model.encoder(x[:, None]), model.frame_rate, model.bandwidth)
 
 
 def train_codec(cfg: dict, stems_dir: str | Path, run_dir: str | Path, device: str = "auto",
@@ -62,11 +83,13 @@ def train_codec(cfg: dict, stems_dir: str | Path, run_dir: str | Path, device: s
     torch.manual_seed(cfg["seed"])
     model = build_encodec(cfg["bandwidth"]).to(dev)
     crop = int(cfg["crop_seconds"] * cfg["sample_rate"])
-    train = CropSampler(Path(stems_dir) / "train.json", crop, cfg["seed"])
-    valid = CropSampler(Path(stems_dir) / "valid.json", crop, 12345).draw(tc["val_examples"] or 8).to(dev)
+    train = CropSampler(Path(stems_dir) / "train.json", crop)
+    valid = CropSampler(Path(stems_dir) / "valid.json", crop).draw(
+        tc["val_examples"] or 8, torch.Generator().manual_seed(12345)).to(dev)
+    init_codebooks(model, train, min(INIT_CROPS, tc["batch_size"]), cfg["seed"] + 2, dev)
 
     def sample(gen):
-        return train.draw(tc["batch_size"]).to(dev)
+        return train.draw(tc["batch_size"], gen).to(dev)
 
     def loss(x, gen):
         emb = model.encoder(x[:, None])
@@ -75,7 +98,7 @@ def train_codec(cfg: dict, stems_dir: str | Path, run_dir: str | Path, device: s
         l1 = (y.float() - x).abs().mean()
         mel = multiscale_mel_loss(y, x, cfg["sample_rate"])
         total = cfg["l1_weight"] * l1 + cfg["mel_weight"] * mel + cfg["commit_weight"] * q.penalty
-        return total, {"l1": l1.item(), "mel": mel.item(), "commit": float(q.penalty)}
+        return total, {"l1": l1.item(), "mel": mel.item(), "commit": float(q.penalty.detach())}
 
     def validate():
         emb = model.encoder(valid[:, None])
