@@ -49,7 +49,8 @@ for w in soundfile cffi pycparser pyfluidsynth encodec; do
   ls "$KIT/wheels" | grep -qi "^$w-" || { echo "no wheel for $w in $KIT/wheels" >&2; exit 1; }
 done
 
-SF=$("$PY" -c 'import os, pretty_midi; print(os.path.join(os.path.dirname(pretty_midi.__file__), "TimGM6mb.sf2"))')
+# locate pretty_midi without importing it (its import loads pyfluidsynth, which prints when CI is set)
+SF=$("$PY" -c 'import importlib.util as u, os; print(os.path.join(u.find_spec("pretty_midi").submodule_search_locations[0], "TimGM6mb.sf2"))')
 cp "$SF" "$KIT/TimGM6mb.sf2"
 
 cat > "$KIT/env.sh" <<'ENV'
