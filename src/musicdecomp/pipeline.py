@@ -59,8 +59,9 @@ STEPS: dict[str, Step] = {
                           "stems.sample_rate"),
                   code=("codec/source.py", "codec/weights.py", "codec/model.py", "codec/train.py", "eval/msstft.py",
                         "train/loop.py"), resolve=codec_config),
-    "cache_codes": Step(params=("codec.encode_batch",), code=("codec/latents.py", "codec/model.py")),
-    "eval_codec": Step(params=("codec.eval",), code=("eval/codec.py", "eval/msstft.py", "codec/model.py")),
+    "cache_codes": Step(params=("codec.encode_batch",), code=("codec/latents.py", "codec/model.py", "data/stems.py")),
+    "eval_codec": Step(params=("codec.eval",), code=("eval/codec.py", "eval/msstft.py", "codec/model.py",
+                                                     "codec/latents.py", "data/stems.py")),
     "mlflow_init": Step(params=("tracking",), code=("train/tracking.py",)),
     # one MusicSlots run per (dataset, variant, seed)
     "train_musicslots": Step(params=("musicslots.model", "musicslots.train"),

@@ -15,21 +15,12 @@ import numpy as np
 import torch
 
 from musicdecomp.codec.model import encode_codes
+from musicdecomp.data.stems import read_position
 from musicdecomp.errors import UserError
 from musicdecomp.io import atomic_path
 from musicdecomp.logs import get_logger, progress
 
 log = get_logger("latents")
-
-
-def read_position(index: dict, folder: Path, position: tuple[int, int]) -> np.ndarray:
-    """(n_classes, chunk_len) audio of every class at one chunk position."""
-    import soundfile as sf
-
-    r, start = position
-    audio, _ = sf.read(folder / index["renders"][r]["file"], dtype="float32", always_2d=True, start=start,
-                       frames=index["chunk_len"])
-    return audio.T
 
 
 def cache_codes(model, index_path: str | Path, out: str | Path, batch: int = 8,

@@ -60,8 +60,7 @@ class CropSampler:
 
 
 # EnCodec initialises each codebook by k-means on the first batch a process sees; its paper trained with batch 64
-# on 8 GPUs, i.e. 8 one-second crops per process. Initialising on a full batch of 32 costs about 20 minutes on a
-# 2-core CPU (the k-means materialises a vectors x 1024 x 128 distance tensor 50 times per codebook).
+# on 8 GPUs, i.e. 8 one-second crops per process, so the codebooks are initialised on 8 crops whatever the batch.
 INIT_CROPS = 8
 
 

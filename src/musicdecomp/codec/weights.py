@@ -64,21 +64,16 @@ def missing_message(checkpoint: str = CHECKPOINT, url: str = URL) -> str:
 
 def load_pretrained(path: Path, bandwidth: float = 24.0):
     """The EnCodec 24 kHz model with the verified weights at ``path``, set to ``bandwidth`` kbps, in eval mode."""
-    import warnings
-
     import torch
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # encodec uses the deprecated weight_norm
-        from encodec import EncodecModel
+    from musicdecomp.codec.model import build_encodec
 
-        model = EncodecModel.encodec_model_24khz(pretrained=False)
+    model = build_encodec(bandwidth)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as e:
         raise UserError(f"{path} is not an EnCodec 24 kHz state dict ({type(e).__name__}: {str(e)[:120]}); "
                         f"fetch {CHECKPOINT} again") from None
-    model.set_target_bandwidth(bandwidth)
     return model.eval()
 

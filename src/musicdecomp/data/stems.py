@@ -236,12 +236,19 @@ def load_chunk(index_path: str | Path, subset: str, i: int) -> tuple[dict[str, n
     return chunk_audio(json.loads(index_path.read_text()), index_path.parent, subset, i)
 
 
-def chunk_audio(index: dict, stems_dir: Path, subset: str, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``load_chunk`` with the index already loaded (``stems_dir``: the folder holding the index)."""
+def read_position(index: dict, folder: Path, position: tuple[int, int]) -> np.ndarray:
+    """(n_classes, chunk_len) audio of every class at one chunk position (render, start sample); ``folder``: the
+    split's FLAC folder (``<stems_dir>/<index["folder"]>``)."""
     import soundfile as sf
 
-    r, start = index["chunks"][subset][i]
-    path = stems_dir / index["folder"] / index["renders"][r]["file"]
-    audio, _ = sf.read(path, dtype="float32", always_2d=True, start=start, frames=index["chunk_len"])
-    stems = {c: audio[:, index["classes"].index(c)] for c in index["subsets"][subset]}
+    r, start = position
+    audio, _ = sf.read(folder / index["renders"][r]["file"], dtype="float32", always_2d=True, start=start,
+                       frames=index["chunk_len"])
+    return audio.T
+
+
+def chunk_audio(index: dict, stems_dir: Path, subset: str, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``load_chunk`` with the index already loaded (``stems_dir``: the folder holding the index)."""
+    audio = read_position(index, stems_dir / index["folder"], index["chunks"][subset][i])
+    stems = {c: audio[index["classes"].index(c)] for c in index["subsets"][subset]}
     return stems, np.mean(list(stems.values()), axis=0).astype(np.float32)

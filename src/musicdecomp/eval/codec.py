@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musicdecomp.codec.latents import load_codes, read_position
+from musicdecomp.codec.latents import load_codes
 from musicdecomp.codec.model import codes_to_latent, latent_to_audio
 from musicdecomp.codec.source import load_codec
+from musicdecomp.data.stems import read_position
 from musicdecomp.errors import UserError
 from musicdecomp.eval.msstft import ms_stft_distance
 from musicdecomp.io import atomic_dir, atomic_path, write_json, write_text
@@ -32,8 +33,8 @@ PAPER_MS_STFT = 4.7
 
 
 @torch.no_grad()
-def _decode(model, codes: torch.Tensor, n: int, device) -> torch.Tensor:
-    return latent_to_audio(model, codes_to_latent(model, codes.to(device)))[..., :n].float().cpu()
+def _decode(model, latent: torch.Tensor, n: int) -> torch.Tensor:
+    return latent_to_audio(model, latent)[..., :n].float().cpu()
 
 
 def evaluate_codec(cfg: dict, model_path: str | Path, codes_path: str | Path, index_path: str | Path,
@@ -61,8 +62,8 @@ def evaluate_codec(cfg: dict, model_path: str | Path, codes_path: str | Path, in
     picked_set = set(picked)
     classes = list(payload["classes"])
     col = {c: index["classes"].index(c) for c in classes}
-    # per subset: (position id, row in the subset's mix codes) of the picked chunks it keeps
-    members = {name: [(int(pid), k) for k, pid in enumerate(s["items"].tolist()) if int(pid) in picked_set]
+    # per subset: position id -> row in the subset's mix codes, for the picked chunks it keeps
+    members = {name: {pid: k for k, pid in enumerate(s["items"].tolist()) if pid in picked_set}
                for name, s in payload["subsets"].items()}
     dist: dict[str, dict[int, float]] = {c: {} for c in classes}
     mix_dist: dict[str, dict[int, float]] = {name: {} for name in members}
@@ -71,22 +72,24 @@ def evaluate_codec(cfg: dict, model_path: str | Path, codes_path: str | Path, in
         ids = picked[start:start + batch]
         audio = torch.from_numpy(np.stack([read_position(index, folder, positions[i]) for i in ids]))  # (B, C, n)
         for c in classes:
-            codes = payload["classes"][c][ids]
-            stats.setdefault(c, []).append(codes_to_latent(model, codes.to(dev)).float().cpu().flatten(1))
-            d = ms_stft_distance(_decode(model, codes, chunk_len, dev), audio[:, col[c]])
+            with torch.no_grad():
+                latent = codes_to_latent(model, payload["classes"][c][ids].to(dev))
+            stats.setdefault(c, []).append(latent.float().cpu().flatten(1))
+            d = ms_stft_distance(_decode(model, latent, chunk_len), audio[:, col[c]])
             dist[c].update(zip(ids, d.tolist()))
         for name, rows in members.items():
-            sel = [(j, k) for j, i in enumerate(ids) for pid, k in rows if pid == i]
+            sel = [(j, rows[i]) for j, i in enumerate(ids) if i in rows]
             if not sel:
                 continue
             cls = payload["subsets"][name]["classes"]
             ref = audio[[j for j, _ in sel]][:, [col[c] for c in cls]].mean(1)
-            codes = payload["subsets"][name]["mix"][[k for _, k in sel]]
-            d = ms_stft_distance(_decode(model, codes, chunk_len, dev), ref)
+            with torch.no_grad():
+                latent = codes_to_latent(model, payload["subsets"][name]["mix"][[k for _, k in sel]].to(dev))
+            d = ms_stft_distance(_decode(model, latent, chunk_len), ref)
             mix_dist[name].update(zip([ids[j] for j, _ in sel], d.tolist()))
     rows = []
     for name, subset_rows in members.items():
-        pids = [pid for pid, _ in subset_rows]
+        pids = list(subset_rows)
         for signal in payload["subsets"][name]["classes"] + ["mix"]:
             values = [mix_dist[name][p] for p in pids] if signal == "mix" else [dist[signal][p] for p in pids]
             rows.append({"subset": name, "signal": signal, "chunks": len(values),
@@ -112,7 +115,7 @@ def evaluate_codec(cfg: dict, model_path: str | Path, codes_path: str | Path, in
 
 def _write_table(result: dict, out_csv: str | Path, out_md: str | Path) -> None:
     c = result["codec"]
-    label = f"{'EnCodec 24 kHz, pretrained' if c['source'] == 'pretrained' else 'EnCodec architecture, trained here'}"
+    label = "EnCodec 24 kHz, pretrained" if c["source"] == "pretrained" else "EnCodec architecture, trained here"
     header = ["codec", "bandwidth_kbps", "subset", "signal", "chunks", "ms_stft_mean", "ms_stft_std"]
     csv = [",".join(header)]
     md = ["| codec | kbps | subset | signal | test chunks | MS-STFT ↓ |", "|---|---|---|---|---|---|"]
@@ -130,7 +133,6 @@ def _write_table(result: dict, out_csv: str | Path, out_md: str | Path) -> None:
 
 def _examples(model, payload, index, folder, picked, cfg, dev) -> list[dict]:
     """The first ``n_examples`` picked chunks of the first subset: per signal (original, decoded, latent)."""
-
     name = next(iter(payload["subsets"]))
     s = payload["subsets"][name]
     row_of = {int(pid): k for k, pid in enumerate(s["items"].tolist())}
