@@ -96,6 +96,47 @@ def test_killed_training_resumes_from_its_checkpoint(tiny_run, tiny_params, tmp_
     assert json.loads((run_dir / "train.json").read_text())["steps"] == 400
 
 
+def test_time_limit_stops_at_a_checkpoint_and_the_run_continues(tiny_run, tiny_params, tmp_path):
+    """--time-limit ends the call cleanly (status 75, no best.pt, progress.json); the unfinished run's
+    ckpt/best.pt can be evaluated; rerunning finishes with the weights of an uninterrupted run."""
+    data = tiny_run / "results/data/jsb_multi"
+    cfg = tiny_cfg(tiny_params, "none-t2-imp_true-k3", eval_every=1)
+    full = train_musicslots(cfg, data, tmp_path / "full", device="cpu", threads=1)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "musicdecomp", "train-musicslots", "--config", json.dumps(cfg),
+           "--dataset", "jsb_multi", "--variant", cfg["variant"], "--seed", "0", "--data-dir", str(data),
+           "--run-dir", str(run_dir), "--device", "cpu", "--threads", "1"]
+    stopped = subprocess.run(cmd + ["--time-limit", "1e-6"], env=tool_env(), capture_output=True, text=True)
+    assert stopped.returncode == 75, stopped.stderr[-2000:]
+    assert "stopped at the time limit at step 1; rerun the same command" in stopped.stderr
+    assert not (run_dir / "best.pt").exists() and not (run_dir / "train.json").exists()
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert (progress["step"], progress["steps"], progress["best_step"], progress["device"]) == (1, 6, 1, "cpu")
+    assert progress["steps_per_second"] > 0
+
+    evaluate = [sys.executable, "-m", "musicdecomp", "eval-musicslots", "--run-dir", str(run_dir), "--data-dir",
+                str(data), "--out", str(tmp_path / "test.json"), "--device", "cpu"]
+    refused = subprocess.run(evaluate, env=tool_env(), capture_output=True, text=True)
+    assert refused.returncode == 2 and "best.pt does not exist" in refused.stderr and "--checkpoint" in refused.stderr
+    ev = subprocess.run(evaluate + ["--checkpoint", str(run_dir / "ckpt/best.pt")], env=tool_env(),
+                        capture_output=True, text=True)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    result = json.loads((tmp_path / "test.json").read_text())
+    assert result["best_step"] == 1 and result["checkpoint"].endswith("ckpt/best.pt") and result["test"]["examples"]
+    last = subprocess.run(evaluate + ["--checkpoint", str(run_dir / "ckpt/last.pt")], env=tool_env(),
+                          capture_output=True, text=True)
+    assert last.returncode == 2 and "use ckpt/best.pt" in last.stderr
+
+    done = subprocess.run(cmd, env=tool_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run_dir / "train.json").read_text())["steps"] == 6
+    assert json.loads((run_dir / "progress.json").read_text())["step"] == 6
+    a = torch.load(tmp_path / "full/ckpt/last.pt", weights_only=True)["model"]
+    b = torch.load(run_dir / "ckpt/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((run_dir / "train.json").read_text())["best_step"] == full["best_step"]
+
+
 def test_mlflow_run_is_logged_and_continued(tiny_run, tiny_params, tmp_path):
     import mlflow
 
@@ -152,3 +193,15 @@ def test_table1_aggregates_seeds(tmp_path):
     assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("dataset,variant,mask")
     with pytest.raises(UserError, match="evaluation\\(s\\) of the sweep are missing"):
         table1(paths + [tmp_path / "nope.json"], tmp_path / "x.csv", tmp_path / "x.md")
+
+
+def test_time_limit_must_be_positive(capsys):
+    from musicdecomp.cli import build_parser
+
+    base = ["train-musicslots", "--dataset", "jsb_multi", "--variant", "none-t1-imp_true-k7", "--seed", "0",
+            "--data-dir", "d", "--run-dir", "r"]
+    assert build_parser().parse_args(base + ["--time-limit", "1.5"]).time_limit == 1.5
+    for bad in ("0", "-3", "soon"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(base + ["--time-limit", bad])
+        assert "is not a positive number of minutes" in capsys.readouterr().err

@@ -93,21 +93,41 @@ def cmd_mlflow_init(args):
     init_experiment(args.tracking_uri, args.experiment, args.artifacts, args.out)
 
 
+# exit status of a training call that stopped at its --time-limit (EX_TEMPFAIL: rerun to continue); a workflow
+# manager sees a failed job and its missing outputs, never a run that looks finished
+EXIT_TIME_LIMIT = 75
+
+
+def _training_exit(args, result: dict) -> int:
+    if "stopped_at" not in result:
+        return 0
+    print(f"musicdecomp {args.step}: stopped at the time limit at step {result['stopped_at']}; rerun the same command "
+          f"to continue from {args.run_dir}/ckpt/last.pt (progress: {args.run_dir}/progress.json)", file=sys.stderr)
+    return EXIT_TIME_LIMIT
+
+
+def _time_limit(args) -> float | None:
+    return None if args.time_limit is None else 60.0 * args.time_limit
+
+
 def cmd_train_musicslots(args):
     from musicdecomp.train.musicslots import train_musicslots
-    train_musicslots(_step_cfg(args, "train_musicslots"), args.data_dir, args.run_dir, device=args.device,
-                     tracking=_tracking(args), threads=args.threads)
+    return _training_exit(args, train_musicslots(
+        _step_cfg(args, "train_musicslots"), args.data_dir, args.run_dir, device=args.device, tracking=_tracking(args),
+        threads=args.threads, time_limit=_time_limit(args)))
 
 
 def cmd_eval_musicslots(args):
     from musicdecomp.eval.musicslots import evaluate_run
-    evaluate_run(args.run_dir, args.data_dir, args.out, args.figure, device=args.device, tracking=_tracking(args))
+    evaluate_run(args.run_dir, args.data_dir, args.out, args.figure, device=args.device, tracking=_tracking(args),
+                 checkpoint=args.checkpoint)
 
 
 def cmd_train_baseline(args):
     from musicdecomp.train.baselines import train_baseline
-    train_baseline(_step_cfg(args, "train_baseline"), args.data_dir, args.run_dir, device=args.device,
-                   tracking=_tracking(args), threads=args.threads)
+    return _training_exit(args, train_baseline(
+        _step_cfg(args, "train_baseline"), args.data_dir, args.run_dir, device=args.device, tracking=_tracking(args),
+        threads=args.threads, time_limit=_time_limit(args)))
 
 
 def cmd_probe(args):
@@ -135,6 +155,16 @@ def cmd_config(args):
     without PyYAML: python -m musicdecomp train-musicslots --config "$(cat cfg.json)" ..."""
     params = load_params(args.params)
     print(to_json(step_config(params, args.name.replace("-", "_"), args.dataset, args.variant, args.seed)))
+
+
+def _positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of minutes")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--run-dir", required=True)
         sp.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
         sp.add_argument("--threads", type=int, help="CPU threads for torch (CPU runs)")
+        sp.add_argument("--time-limit", type=_positive_minutes, metavar="MINUTES",
+                        help="stop at a checkpoint after this long and exit with status 75; rerun to continue "
+                             "(e.g. a little under a cluster job's wall-clock limit)")
         add_tracking(sp)
 
     sp = add("train-musicslots", cmd_train_musicslots, "train (or resume) one MusicSlots run")
@@ -231,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("eval-musicslots", cmd_eval_musicslots, "test-set note MSE / mIoU and a figure for one run")
     add_evaluation(sp)
     sp.add_argument("--figure")
+    sp.add_argument("--checkpoint", help="evaluate this checkpoint instead of <run-dir>/best.pt, e.g. the "
+                                         "ckpt/best.pt of a run that has not finished")
     sp = add("train-baseline", cmd_train_baseline, "train (or resume) one baseline run (vae-kl<w> or cnn)")
     add_training(sp, "the baseline: vae-kl<weight> (vae-kl0.0 = autoencoder) or cnn")
     sp = add("probe", cmd_probe, "note-property accuracies of a trained run (linear probes; the CNN directly)")
@@ -250,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         setup_logging(args.log)
-        args.func(args)
+        rc = args.func(args) or 0
     except UserError as e:
         print(f"musicdecomp {args.step}: error: {e}", file=sys.stderr)
         log_to_files(f"error: {e}")
@@ -258,5 +293,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"musicdecomp {args.step}: interrupted", file=sys.stderr)
         return 130
-    get_logger().info("%s done in %.1f s", args.step, time.perf_counter() - t0)
-    return 0
+    get_logger().info("%s %s in %.1f s", args.step, "done" if rc == 0 else "stopped", time.perf_counter() - t0)
+    return rc

@@ -15,6 +15,19 @@ from typing import Iterator
 from musicdecomp.errors import UserError
 
 
+def load_torch(path: str | os.PathLike, what: str, missing: str, unreadable: str):
+    """``torch.load`` onto the CPU (tensors and plain containers only). A missing file raises
+    "<path> does not exist; <missing>", an unreadable or foreign one "<path> is not <what> (<error>); <unreadable>"."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; {missing}") from None
+    except Exception as e:  # truncated, not a torch file, or made by something else
+        raise UserError(f"{path} is not {what} ({type(e).__name__}); {unreadable}") from None
+
+
 def sha256_of(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -26,7 +26,7 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> log
         from musicdecomp.io import ensure_parent
 
         ensure_parent(log_file)
-        fh = logging.FileHandler(log_file, mode="w")
+        fh = logging.FileHandler(log_file, mode="a")  # appended: a resumed training run's log keeps every call
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     logger.propagate = False

@@ -17,7 +17,7 @@ import torch
 from musicdecomp.codec.model import encode_codes
 from musicdecomp.data.stems import read_position
 from musicdecomp.errors import UserError
-from musicdecomp.io import atomic_path
+from musicdecomp.io import atomic_path, load_torch
 from musicdecomp.logs import get_logger, progress
 
 log = get_logger("latents")
@@ -86,8 +86,4 @@ def subset_codes(payload: dict, subset: str) -> dict[str, torch.Tensor]:
 
 
 def load_codes(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; run the cache_codes step first") from None
+    return load_torch(path, "a codes file", "run the cache_codes step first", "rerun the cache_codes step")

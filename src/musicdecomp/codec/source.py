@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from musicdecomp.errors import UserError
+from musicdecomp.io import load_torch
 
 MODEL_FILE = "model.pt"
 
@@ -101,18 +102,11 @@ def prepare_codec(cfg: dict, stems_dir: str | Path, out_dir: str | Path, device:
 
 def load_codec(path: str | Path):
     """The codec written by ``prepare_codec`` (``results/codec/model.pt``), in eval mode, and its summary."""
-    import torch
-
     from musicdecomp.codec.model import build_encodec
 
-    path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; run the codec step first (snakemake results/codec/model.pt)") from None
-    except Exception as e:
-        raise UserError(f"{path} is not a codec written by the codec step ({type(e).__name__}); delete it and "
-                        f"run the codec step again") from None
+    payload = load_torch(path, "a codec written by the codec step",
+                         "run the codec step first (snakemake results/codec/model.pt)",
+                         "delete it and run the codec step again")
     model = build_encodec(payload["bandwidth"])
     model.load_state_dict(payload.pop("state_dict"))
     return model.eval(), payload

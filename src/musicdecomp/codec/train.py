@@ -75,7 +75,8 @@ def init_codebooks(model, sampler: CropSampler, n: int, seed: int, device: torch
 
 
 def train_codec(cfg: dict, stems_dir: str | Path, run_dir: str | Path, device: str = "auto",
-                tracking: dict | None = None, stop_after: int | None = None) -> dict:
+                tracking: dict | None = None, stop_after: int | None = None,
+                    time_limit: float | None = None) -> dict:
     """``cfg``: {run_name, seed, bandwidth, crop_seconds, sample_rate, loss weights l1/mel/commit, train}."""
     tc = cfg["train"]
     dev = pick_device(device)
@@ -107,4 +108,4 @@ def train_codec(cfg: dict, stems_dir: str | Path, run_dir: str | Path, device: s
         return {"score": -d, "ms_stft": d}
 
     return run_training(cfg, tc, run_dir, model, dev, sample, loss, validate, tracking,
-                        {"model": "codec", "seed": str(cfg["seed"])}, stop_after)
+                        {"model": "codec", "seed": str(cfg["seed"])}, stop_after, time_limit)

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from musicdecomp.errors import UserError
-from musicdecomp.io import atomic_path, write_json
+from musicdecomp.io import atomic_path, load_torch, write_json
 from musicdecomp.logs import get_logger, progress
 from musicdecomp.pipeline import SPLITS
 
@@ -85,12 +85,7 @@ def build_dataset(cfg: dict, dataset: str, chords_csv: str | Path, chords_summar
         pitches = json.loads(Path(chords_summary).read_text())["pitches"]
     except (OSError, ValueError, KeyError):
         raise UserError(f"{chords_summary} is missing or not a chords summary; rerun the chords step") from None
-    try:
-        notes = torch.load(notes_pt, weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{notes_pt} does not exist; run the render step first") from None
-    except Exception as e:  # a truncated or foreign file
-        raise UserError(f"{notes_pt} is not a notes file ({type(e).__name__}); rerun the render step") from None
+    notes = load_torch(notes_pt, "a notes file", "run the render step first", "rerun the render step")
     check_lengths(mel, notes["audio"].shape[-1])
     max_voices = max(len(c) for c, _ in chords)
 
@@ -212,13 +207,8 @@ class MusicSlotsSplit:
 
 def load_split(path: str | Path, device: str | torch.device = "cpu") -> MusicSlotsSplit:
     path = Path(path)
-    try:
-        d = torch.load(path, weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; build it with the features step "
-                        f"(snakemake --cores 2 {path})") from None
-    except Exception as e:
-        raise UserError(f"{path} is not a dataset split ({type(e).__name__}); rebuild it with the features step") from None
+    d = load_torch(path, "a dataset split", f"build it with the features step (snakemake --cores 2 {path})",
+                   "rebuild it with the features step")
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise UserError(f"{path} is not a {FORMAT} split; rebuild it with the features step")
     split = MusicSlotsSplit(

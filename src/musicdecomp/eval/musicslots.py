@@ -10,7 +10,7 @@ import torch
 from musicdecomp.data.datasets import load_split
 from musicdecomp.io import atomic_path, write_json
 from musicdecomp.logs import get_logger
-from musicdecomp.train.loop import load_best
+from musicdecomp.train.loop import load_best, load_checkpoint
 from musicdecomp.train.musicslots import build_model, evaluate, pick_device
 from musicdecomp.train.tracking import log_to_training_run
 
@@ -18,17 +18,20 @@ log = get_logger("eval")
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path, out_png: str | Path | None = None,
-                 device: str = "auto", tracking: dict | None = None) -> dict:
+                 device: str = "auto", tracking: dict | None = None, checkpoint: str | Path | None = None) -> dict:
+    """Test-set metrics of the run's ``best.pt``, or of ``checkpoint`` (e.g. ``ckpt/best.pt`` of a run that
+    stopped at its time limit; the result then names that checkpoint)."""
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     dev = pick_device(device)
     test = load_split(data_dir / "test.pt", dev)
-    state = load_best(run_dir)
+    state = load_best(run_dir) if checkpoint is None else load_checkpoint(checkpoint)
     cfg = state["config"]
     model = build_model(cfg["model"], tuple(test.chord_db.shape[-2:])).to(dev)
     model.load_state_dict(state["model"])
     res = evaluate(model, test, dev, cfg["train"]["amp"], cfg["train"]["eval_batch_size"], seed=0)
     out = {"run_name": cfg["run_name"], "dataset": cfg["dataset"], "variant": cfg["variant"], "seed": cfg["seed"],
            "model": cfg["model"], "best_step": state["step"],
+           **({} if checkpoint is None else {"checkpoint": str(checkpoint)}),
            "val": {k: v for k, v in state["val"].items() if k != "score"},
            "test": {"note_mse": res["note_mse"], "miou": res["miou"], "recon_mse": res["recon_mse"],
                     "examples": res["examples"]}}

@@ -47,7 +47,8 @@ def vae_loss(model: VAE, data, device, amp: str, batch_size: int, kld_weight: fl
 
 
 def train_baseline(cfg: dict, data_dir: str | Path, run_dir: str | Path, device: str = "auto",
-                   tracking: dict | None = None, threads: int | None = None, stop_after: int | None = None) -> dict:
+                   tracking: dict | None = None, threads: int | None = None, stop_after: int | None = None,
+                    time_limit: float | None = None) -> dict:
     """``cfg``: {run_name, dataset, baseline, seed, kind (vae|cnn), kld_weight, model, train}."""
     tc = cfg["train"]
     dev, train, valid = prepare(cfg, data_dir, device, threads)
@@ -79,4 +80,5 @@ def train_baseline(cfg: dict, data_dir: str | Path, run_dir: str | Path, device:
             return {"score": acc["chord"], **{f"acc_{k}": v for k, v in acc.items()}}
 
     return run_training(cfg, tc, run_dir, model, dev, sample, loss, validate, tracking,
-                        {"model": cfg["baseline"], "dataset": cfg["dataset"], "seed": str(cfg["seed"])}, stop_after)
+                        {"model": cfg["baseline"], "dataset": cfg["dataset"], "seed": str(cfg["seed"])},
+                        stop_after, time_limit)

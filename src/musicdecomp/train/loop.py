@@ -9,8 +9,13 @@ resuming: rerunning continues from ``<run>/ckpt/last.pt`` (every ``checkpoint_ev
 bit-identical to an uninterrupted one on the same device.
 
 Run folder: ``best.pt`` ({model, config, step, val}), ``train.json`` (summary), ``config.json``,
-``metrics.jsonl``, ``curves.png``; ``ckpt/last.pt`` and ``ckpt/best.pt`` (published as best.pt at the end:
+``metrics.jsonl``, ``curves.png``, ``progress.json`` (step, best, throughput; rewritten at every checkpoint, so a
+running or stopped run can be watched); ``ckpt/last.pt`` and ``ckpt/best.pt`` (published as best.pt at the end:
 workflow managers delete declared outputs before rerunning a job, ckpt/ survives).
+
+A time limit (``time_limit``, seconds of this call) ends the call cleanly at a checkpoint, before a scheduler's
+wall-clock limit kills it: rerunning continues from there. Until the run has finished there is no ``best.pt``;
+``ckpt/best.pt`` (same format) can be evaluated meanwhile.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Callable
 import torch
 
 from musicdecomp.errors import UserError
-from musicdecomp.io import atomic_path, copy_file, write_json
+from musicdecomp.io import atomic_path, copy_file, load_torch, write_json
 from musicdecomp.logs import get_logger
 from musicdecomp.train.schedule import learning_rate
 from musicdecomp.train.tracking import Tracker
@@ -59,10 +64,20 @@ def prepare(cfg: dict, data_dir: str | Path, device: str, threads: int | None):
 def load_best(run_dir: str | Path) -> dict:
     """A finished run's ``best.pt`` ({model, config, step, val})."""
     path = Path(run_dir) / "best.pt"
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; train the run first") from None
+    if not path.exists():
+        raise UserError(f"{path} does not exist; train the run first (an unfinished run's ckpt/best.pt can be "
+                        f"evaluated with --checkpoint)")
+    return load_checkpoint(path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A best-model file ({model, config, step, val}): ``best.pt`` or an unfinished run's ``ckpt/best.pt``."""
+    path = Path(path)
+    state = load_torch(path, "a readable checkpoint", "train the run first", "train the run again")
+    if not isinstance(state, dict) or not {"model", "config", "step", "val"} <= set(state):
+        raise UserError(f"{path} is not a best-model file (model, config, step, val); ckpt/last.pt cannot be "
+                        f"evaluated, use ckpt/best.pt")
+    return state
 
 
 def save(path: Path, state: dict) -> None:
@@ -73,13 +88,14 @@ def save(path: Path, state: dict) -> None:
 def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Module, device: torch.device,
                  sample: Callable[[torch.Generator], object], loss: Callable[[object, torch.Generator], tuple],
                  validate: Callable[[], dict], tracking: dict | None = None, tags: dict | None = None,
-                 stop_after: int | None = None) -> dict:
+                 stop_after: int | None = None, time_limit: float | None = None) -> dict:
     """Train ``model`` (already on ``device``) for ``tc["steps"]`` steps; see the module docstring.
 
     ``cfg`` is the run's whole configuration (saved with it; a checkpoint made with another one is refused);
     ``tc`` its training settings (lr, warmup_steps, cosine_steps, grad_clip, amp, log_every, eval_every,
     checkpoint_every, checkpoint_minutes, steps). ``stop_after`` ends the call after that many steps in all,
-    as if killed right after a checkpoint (for tests).
+    as if killed right after a checkpoint (for tests); ``time_limit`` ends it at the first step after that many
+    seconds of this call, with a checkpoint. Either way the call returns ``{"stopped_at": step}``.
     """
     run_dir = Path(run_dir)
     opt = torch.optim.Adam(model.parameters(), lr=tc["lr"])
@@ -100,16 +116,27 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
         step, best, best_step = state["step"], state["best_score"], state["best_step"]
         run_id, elapsed = state.get("mlflow_run_id"), state.get("elapsed", 0.0)
         log.info("resumed %s from step %d (best score %.4f at step %d)", cfg["run_name"], step, best, best_step)
+        if best_step >= 0 and not best_path.exists():  # e.g. only ckpt/last.pt was carried to another machine
+            log.warning("%s is missing: model selection starts again at the next validation", best_path)
+            best, best_step = float("-inf"), -1
     tracker = Tracker(run_dir, tracking, cfg["run_name"], cfg, tags or {}, resume_step=step, mlflow_run_id=run_id)
     write_json(run_dir / "config.json", cfg)
     t_start = t_ckpt = time.perf_counter()
     steps_here = 0
 
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
     def checkpoint() -> None:
+        wall = time.perf_counter() - t_start
         save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": cfg,
                          "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state(),
                          "torch_rng": torch.get_rng_state(), "best_score": best, "best_step": best_step,
-                         "mlflow_run_id": tracker.run_id, "elapsed": elapsed + time.perf_counter() - t_start})
+                         "mlflow_run_id": tracker.run_id, "elapsed": elapsed + wall})
+        write_json(run_dir / "progress.json", {
+            "run_name": cfg["run_name"], "step": step, "steps": tc["steps"], "best_val_score": best,
+            "best_step": best_step, "device": device_name, "wall_seconds": elapsed + wall,
+            "steps_this_call": steps_here, "steps_per_second": steps_here / max(wall, 1e-9),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     model.train()
     try:
@@ -126,10 +153,10 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
             opt.step()
             step += 1
             steps_here += 1
-            if not torch.isfinite(value):
-                raise UserError(f"{cfg['run_name']}: training diverged at step {step} (loss {value.item()}); "
-                                f"lower the learning rate or check the data")
-            if step % tc["log_every"] == 0 or step == tc["steps"]:
+            if step % tc["log_every"] == 0 or step == tc["steps"]:  # the only host sync of a step (GPU)
+                if not torch.isfinite(value):
+                    raise UserError(f"{cfg['run_name']}: training diverged by step {step} (loss {value.item()}); "
+                                    f"lower the learning rate or check the data")
                 tracker.log({"train/loss": value.item(), "train/grad_norm": float(grad_norm), "train/lr": lr,
                              **{f"train/{k}": float(v) for k, v in extra.items()}}, step)
             if step % tc["eval_every"] == 0 or step == tc["steps"]:
@@ -148,9 +175,14 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
                     or time.perf_counter() - t_ckpt > 60 * tc["checkpoint_minutes"]):
                 checkpoint()
                 t_ckpt = time.perf_counter()
-            if stop_after is not None and stop_after <= step < tc["steps"]:
+            out_of_time = time_limit is not None and time.perf_counter() - t_start > time_limit
+            if step < tc["steps"] and (out_of_time or (stop_after is not None and stop_after <= step)):
                 checkpoint()
                 tracker.close("KILLED")
+                if out_of_time:
+                    log.info("%s: time limit reached at step %d of %d (%.2f steps/s in this call); rerun the same "
+                             "command to continue", cfg["run_name"], step, tc["steps"],
+                             steps_here / (time.perf_counter() - t_start))
                 return {"stopped_at": step}
     except BaseException:
         tracker.close("FAILED")
@@ -160,7 +192,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
     copy_file(best_path, run_dir / "best.pt")
     wall = time.perf_counter() - t_start
     summary = {"run_name": cfg["run_name"], "steps": step, "best_step": best_step, "best_val_score": best,
-               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "device": device_name,
                "wall_seconds": elapsed + wall, "steps_per_second": steps_here / max(wall, 1e-9),
                "parameters": sum(p.numel() for p in model.parameters()), "mlflow_run_id": tracker.run_id}
     plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", cfg["run_name"])

@@ -56,7 +56,8 @@ def evaluate(model: MusicSlots, data, device, amp: str, batch_size: int, limit: 
 
 
 def train_musicslots(cfg: dict, data_dir: str | Path, run_dir: str | Path, device: str = "auto",
-                     tracking: dict | None = None, threads: int | None = None, stop_after: int | None = None) -> dict:
+                     tracking: dict | None = None, threads: int | None = None, stop_after: int | None = None,
+                    time_limit: float | None = None) -> dict:
     """Train (or resume) one run. ``cfg``: {run_name, dataset, variant, seed, model, train}
     (musicdecomp.sweep.train_config); ``tracking``: {mlflow_uri, experiment} or None (metrics.jsonl only)."""
     tc = cfg["train"]
@@ -76,4 +77,4 @@ def train_musicslots(cfg: dict, data_dir: str | Path, run_dir: str | Path, devic
 
     return run_training(cfg, tc, run_dir, model, dev, sample, loss, validate, tracking,
                         {"model": "musicslots", "dataset": cfg["dataset"], "variant": cfg["variant"],
-                         "seed": str(cfg["seed"])}, stop_after)
+                         "seed": str(cfg["seed"])}, stop_after, time_limit)

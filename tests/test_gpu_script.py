@@ -1,0 +1,76 @@
+"""workflow/scripts/musicslots_gpu.py, the driver of time-boxed MusicSlots runs on a bare GPU machine, run
+end to end on CPU with the tiny parameters: stage, rebuild the dataset, benchmark, train until the time limit,
+evaluate, pack (split into parts), bring back, and continue on a "fresh machine" from the checkpoint."""
+
+import json
+import subprocess
+import sys
+import tarfile
+
+import torch
+
+from conftest import REPO, tool_env
+
+SCRIPT = REPO / "workflow/scripts/musicslots_gpu.py"
+VARIANTS = ["none-t2-imp_true-k3", "softmax-t2-imp_true-k3"]
+
+
+def script(*args, cwd):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, env=tool_env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_override, tmp_path):
+    long_runs = tmp_path / "long.yaml"  # never finishes: only the time limit stops it
+    long_runs.write_text("musicslots:\n  train: {steps: 100000, cosine_steps: 100000, eval_every: 3, log_every: 1,"
+                         " checkpoint_every: 1000}\n")
+    params = [REPO / "params.yaml", REPO / "config/tiny.yaml", tiny_override, long_runs]
+    stage = tmp_path / "stage"
+    script("prepare", "--stage", stage, "--params", *params, "--variants", *VARIANTS, cwd=tiny_run)
+    configs = json.loads((stage / "configs.json").read_text())
+    assert set(configs) == {"features", *VARIANTS}
+    assert configs["softmax-t2-imp_true-k3"]["model"]["mask"] == "softmax"
+    assert configs["none-t2-imp_true-k3"]["model"]["dim"] == 16  # the tiny override reached the config
+
+    # the other half runs anywhere from the stage alone (here: another folder, like the GPU machine)
+    out = tmp_path / "out1"
+    script("run", "--stage", stage, "--out", out, "--work", tmp_path / "machine1", "--budget", 600, "--train-seconds",
+           4, "--device", "cpu", "--bench-small", "--bench-steps", 1, "--keep-last", "--part-mib", 0.05, cwd=tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["benchmark"]["model"] == "small" and len(summary["benchmark"]["results"]) == 6
+    stopped_at = {}
+    for variant in VARIANTS:
+        run = summary["runs"][variant]
+        assert run["exit"] == 75 and "train" not in run  # stopped at its time limit, not finished
+        stopped_at[variant] = run["progress"]["step"]
+        assert run["progress"]["steps"] == 100000 and run["progress"]["best_step"] >= 3
+        assert run["test"]["best_step"] == run["progress"]["best_step"] and run["test"]["checkpoint"]
+        assert not (out / f"{variant}.tar").exists() and len(list(out.glob(f"{variant}.tar.part*"))) > 1
+        assert all(p.stat().st_size <= 0.05 * 2**20 for p in out.glob(f"{variant}.tar.part*"))
+
+    back = tmp_path / "back"
+    script("unpack", "--from", out, "--to", back, cwd=tmp_path)
+    for variant in VARIANTS:
+        assert json.loads((back / variant / "test.json").read_text())["variant"] == variant
+        last = torch.load(back / variant / "ckpt/last.pt", weights_only=True)
+        assert last["step"] == stopped_at[variant] and (back / variant / "ckpt/best.pt").exists()
+        assert (back / variant / "test.png").read_bytes()[:4] == b"\x89PNG"
+
+    # a fresh machine: only ckpt/last.pt (+ metrics, progress) travels in the stage
+    script("prepare", "--stage", stage, "--params", *params, "--variants", *VARIANTS, "--runs", back, cwd=tiny_run)
+    assert {p.relative_to(stage / "runs" / VARIANTS[0]).as_posix() for p in (stage / "runs" / VARIANTS[0]).rglob("*")
+            if p.is_file()} == {"ckpt/last.pt", "metrics.jsonl", "progress.json"}
+    out2 = tmp_path / "out2"
+    log = script("run", "--stage", stage, "--out", out2, "--work", tmp_path / "machine2", "--budget", 600,
+                 "--train-seconds", 4, "--device", "cpu", "--bench-seconds", 0, cwd=tmp_path)
+    summary = json.loads((out2 / "summary.json").read_text())
+    for variant in VARIANTS:
+        assert f"{variant}: continuing from the staged checkpoint at step {stopped_at[variant]}" in log
+        assert summary["runs"][variant]["progress"]["step"] > stopped_at[variant]
+        with tarfile.open(out2 / f"{variant}.tar") as tar:  # small enough to stay whole; no last.pt asked for
+            names = set(tar.getnames())
+            train_log = tar.extractfile(f"{variant}/train.log").read().decode()
+        assert f"{variant}/ckpt/last.pt" not in names and f"{variant}/ckpt/best.pt" in names
+        assert f"from step {stopped_at[variant]}" in train_log and "model selection starts again" in train_log

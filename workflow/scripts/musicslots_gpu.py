@@ -1,0 +1,254 @@
+"""MusicSlots runs on a bare GPU machine inside a fixed time budget (torch, numpy, scipy, PyYAML there; no
+FluidSynth, Snakemake or MLflow), in two halves.
+
+Here, in the project folder, after the pipeline has built the chords and rendered the notes (``results/data/jsb``,
+``results/data/notes``), stage them with the resolved configs:
+
+    python workflow/scripts/musicslots_gpu.py prepare --stage .gpu --variants none-t1-imp_true-k7 softmax-t1-imp_true-k7
+
+There (the stage folder, ``src/``, ``benchmarks/`` and this script travel), with a budget in seconds:
+
+    PYTHONPATH=src python workflow/scripts/musicslots_gpu.py run --stage .gpu --out "$OUT" --budget 480
+
+``run`` rebuilds the dataset from the 10 MB of rendered notes (the features step), measures the training
+throughput alone on the device (benchmarks/musicslots_throughput.py), trains the staged variants side by side with
+``--time-limit`` so that they stop at a checkpoint before the budget ends (or finish), evaluates each one's best
+checkpoint on the test split, and writes into ``--out``: ``summary.json`` (steps, throughput, validation and test
+metrics per run), the throughput record, and per run a tar of its folder (best checkpoint, metrics.jsonl, curves,
+test.json/png, logs). ``--keep-last`` adds ckpt/last.pt (weights, optimiser, random streams: 42 MB at paper size),
+and files over ``--part-mib`` are split into numbered parts, since a file brought back is at most 16 MiB.
+
+A stopped run continues with the same command where its folder still exists (a machine kept warm), or on a fresh
+machine from a checkpoint brought back:
+
+    python workflow/scripts/musicslots_gpu.py unpack --from <folder of the files> --to results/gpu_runs
+    python workflow/scripts/musicslots_gpu.py prepare ... --runs results/gpu_runs   # stages each ckpt/last.pt
+
+Only ckpt/last.pt travels back (52 MB with the stage, under a call's 64 MiB): the continued run's model
+selection starts again at its next validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DATASET = "jsb_multi"
+INPUTS = {"chords.csv": "results/data/jsb/chords.csv", "summary.json": "results/data/jsb/summary.json",
+          "notes.pt": "results/data/notes/notes.pt"}
+EVAL_RESERVE_S = 75  # test evaluation, figures and packing after training stops
+CARRIED = ("ckpt/last.pt", "metrics.jsonl", "progress.json")  # what continues a run elsewhere
+
+
+def musicdecomp(*args: str) -> list[str]:
+    return [sys.executable, "-m", "musicdecomp", *args]
+
+
+def prepare(args) -> None:
+    stage = Path(args.stage)
+    stage.mkdir(parents=True, exist_ok=True)
+    missing = [src for src in INPUTS.values() if not Path(src).exists()]
+    if missing:
+        sys.exit(f"missing {', '.join(missing)}: build them first (snakemake --cores 2 {' '.join(missing)})")
+    for name, src in INPUTS.items():
+        shutil.copyfile(src, stage / name)
+    params = ["--params", *args.params]
+    configs = {"features": json.loads(subprocess.check_output(
+        musicdecomp("config", "features", "--dataset", DATASET, *params)))}
+    for variant in args.variants:
+        configs[variant] = json.loads(subprocess.check_output(musicdecomp(
+            "config", "train-musicslots", "--dataset", DATASET, "--variant", variant, "--seed", str(args.seed),
+            *params)))
+    (stage / "configs.json").write_text(json.dumps(configs, indent=1))
+    shutil.rmtree(stage / "runs", ignore_errors=True)
+    for variant in args.variants if args.runs else ():
+        src = Path(args.runs) / variant
+        if (src / "ckpt/last.pt").exists():
+            for name in CARRIED:
+                (stage / "runs" / variant / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / name, stage / "runs" / variant / name)
+            print(f"staged {variant} at step {json.loads((src / 'progress.json').read_text())['step']} from {src}")
+    size = sum(f.stat().st_size for f in stage.iterdir()) / 1e6
+    print(f"staged {', '.join(INPUTS)} and the configs of {', '.join(args.variants)} in {stage} ({size:.1f} MB)")
+
+
+def log(msg: str, t0: float) -> None:
+    print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
+
+
+def run(args) -> None:
+    t0 = time.perf_counter()
+    stage, out, work = Path(args.stage), Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = json.loads((stage / "configs.json").read_text())
+    variants = [v for v in configs if v != "features"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MUSICDECOMP_PROGRESS": "0"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    if shutil.which("nvidia-smi"):
+        subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
+
+    data_dir = work / "data" / DATASET
+    if not (data_dir / "summary.json").exists():
+        log("features: rebuilding the dataset from the rendered notes", t0)
+        subprocess.run(musicdecomp("features", "--config", json.dumps(configs["features"]), "--dataset", DATASET,
+                                   "--chords", str(stage / "chords.csv"), "--chords-summary",
+                                   str(stage / "summary.json"), "--notes", str(stage / "notes.pt"),
+                                   "--out-dir", str(data_dir)), env=env, check=True)
+
+    if args.bench_seconds > 0:
+        log("throughput benchmark (alone on the device)", t0)
+        try:
+            subprocess.run([sys.executable, str(ROOT / "benchmarks/musicslots_throughput.py"), "--steps",
+                            str(args.bench_steps), "--out", str(out), *(["--small"] if args.bench_small else [])],
+                           env=env, check=True, timeout=args.bench_seconds)
+        except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as e:
+            log(f"benchmark did not complete: {e}", t0)
+
+    train_end = t0 + args.budget - EVAL_RESERVE_S
+    procs = {}
+    for variant in variants:
+        run_dir = work / "runs" / variant
+        run_dir.mkdir(parents=True, exist_ok=True)
+        staged = stage / "runs" / variant
+        if (staged / "ckpt/last.pt").exists() and step_of(staged) > step_of(run_dir):
+            for name in CARRIED:
+                (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(staged / name, run_dir / name)
+            for stale in ("ckpt/best.pt", "best.pt", "train.json"):  # from an older run in this folder
+                (run_dir / stale).unlink(missing_ok=True)
+            log(f"{variant}: continuing from the staged checkpoint at step {step_of(run_dir)}", t0)
+        seconds = args.train_seconds or max(train_end - time.perf_counter(), 10)
+        limit_min = seconds / 60
+        cmd = musicdecomp("train-musicslots", "--config", json.dumps(configs[variant]), "--dataset", DATASET,
+                          "--variant", variant, "--seed", str(configs[variant]["seed"]), "--data-dir",
+                          str(data_dir), "--run-dir", str(run_dir), "--device", args.device,
+                          "--time-limit", f"{limit_min:.3f}", "--log", str(run_dir / "train.log"))
+        procs[variant] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        log(f"training {variant} for at most {limit_min:.2f} min", t0)
+    status = {}
+    for variant, proc in procs.items():
+        _, err = proc.communicate()
+        status[variant] = proc.returncode
+        state = {0: "finished", 75: "stopped at its time limit"}.get(proc.returncode, "FAILED")
+        log(f"{variant}: exit {proc.returncode} ({state})", t0)
+        if proc.returncode not in (0, 75):
+            print(err[-3000:], file=sys.stderr)
+
+    summary = {"budget_seconds": args.budget, "runs": {}}
+    bench = sorted(out.glob("musicslots_throughput*.json"))
+    if bench:
+        summary["benchmark"] = json.loads(bench[0].read_text())
+    evals = {}
+    for variant in variants:
+        run_dir = work / "runs" / variant
+        ckpt = run_dir / ("best.pt" if (run_dir / "best.pt").exists() else "ckpt/best.pt")
+        if status[variant] not in (0, 75) or not ckpt.exists():
+            continue
+        evals[variant] = subprocess.Popen(musicdecomp(
+            "eval-musicslots", "--run-dir", str(run_dir), "--data-dir", str(data_dir), "--out",
+            str(run_dir / "test.json"), "--figure", str(run_dir / "test.png"), "--device", args.device,
+            "--checkpoint", str(ckpt), "--log", str(run_dir / "eval.log")), env=env, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, text=True)
+    for variant, proc in evals.items():
+        _, err = proc.communicate()
+        if proc.returncode:
+            print(err[-3000:], file=sys.stderr)
+    for variant in variants:
+        run_dir = work / "runs" / variant
+        entry = {"exit": status[variant]}
+        for name in ("progress.json", "train.json", "test.json"):
+            if (run_dir / name).exists():
+                entry[name.removesuffix(".json")] = json.loads((run_dir / name).read_text())
+        summary["runs"][variant] = entry
+        keep = args.keep_last and "train" not in entry  # a finished run needs no optimiser state
+        with tarfile.open(out / f"{variant}.tar", "w") as tar:
+            tar.add(run_dir, arcname=variant,
+                    filter=lambda m: None if m.name.endswith("ckpt/last.pt") and not keep else m)
+        split_large(out / f"{variant}.tar", int(args.part_mib * 2**20))
+    summary["wall_seconds"] = time.perf_counter() - t0
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    for variant, entry in summary["runs"].items():
+        p, t = entry.get("progress", {}), entry.get("test", {}).get("test", {})
+        log(f"{variant}: step {p.get('step')} of {p.get('steps')}, {p.get('steps_per_second', 0):.2f} steps/s, "
+            f"best val mIoU {p.get('best_val_score', float('nan')):.4f} @ {p.get('best_step')}; test note MSE "
+            f"{t.get('note_mse', float('nan')):.3f} mIoU {t.get('miou', float('nan')):.4f}", t0)
+    if any(code not in (0, 75) for code in status.values()):
+        sys.exit(1)
+
+
+def step_of(run_dir: Path) -> int:
+    progress = run_dir / "progress.json"
+    return json.loads(progress.read_text())["step"] if (run_dir / "ckpt/last.pt").exists() else -1
+
+
+def split_large(path: Path, part_bytes: int) -> None:
+    """Split ``path`` into ``<name>.part00``, ``.part01``... of at most ``part_bytes`` when it is larger."""
+    if path.stat().st_size <= part_bytes:
+        return
+    with open(path, "rb") as f:
+        for i, chunk in enumerate(iter(lambda: f.read(part_bytes), b"")):
+            path.with_name(f"{path.name}.part{i:02d}").write_bytes(chunk)
+    path.unlink()
+
+
+def unpack(args) -> None:
+    """Join split tars, then extract every tar of ``--from`` into ``--to`` (one folder per run)."""
+    src, dst = Path(args.source), Path(args.to)
+    dst.mkdir(parents=True, exist_ok=True)
+    tars = {p for p in src.glob("*.tar")} | {p.with_name(p.name.rsplit(".part", 1)[0]) for p in src.glob("*.tar.part*")}
+    for tar_path in sorted(tars):
+        parts = sorted(src.glob(f"{tar_path.name}.part*"))
+        if parts:
+            joined = dst / tar_path.name
+            with open(joined, "wb") as f:
+                for part in parts:
+                    f.write(part.read_bytes())
+            tar_path = joined
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(dst, filter="data")
+        if parts:
+            tar_path.unlink()
+        print(f"{tar_path.name} -> {dst / tar_path.name.removesuffix('.tar')}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("prepare", help="here: stage the rendered notes, the chords and the resolved configs")
+    sp.add_argument("--stage", default=".gpu")
+    sp.add_argument("--params", nargs="+", default=["params.yaml"])
+    sp.add_argument("--variants", nargs="+", default=["none-t1-imp_true-k7", "softmax-t1-imp_true-k7"])
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--runs", help="folder of run folders (from unpack) whose ckpt/last.pt to continue from")
+    sp.set_defaults(func=prepare)
+    sp = sub.add_parser("run", help="there: features, benchmark, training within the budget, evaluation")
+    sp.add_argument("--stage", default=".gpu")
+    sp.add_argument("--out", required=True, help="summary.json, the benchmark record and a tar per run")
+    sp.add_argument("--work", default="results/gpu", help="dataset and run folders (kept between calls)")
+    sp.add_argument("--budget", type=float, required=True, help="seconds for the whole call")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--bench-steps", type=int, default=20)
+    sp.add_argument("--bench-seconds", type=float, default=90, help="0 skips the benchmark")
+    sp.add_argument("--bench-small", action="store_true", help="benchmark the 16-channel model (CPU checks)")
+    sp.add_argument("--train-seconds", type=float, help="train this long (default: what the budget leaves)")
+    sp.add_argument("--keep-last", action="store_true", help="bring back ckpt/last.pt to continue elsewhere")
+    sp.add_argument("--part-mib", type=float, default=15, help="split files brought back above this size")
+    sp.set_defaults(func=run)
+    sp = sub.add_parser("unpack", help="here: join split files brought back and extract the run folders")
+    sp.add_argument("--from", dest="source", required=True)
+    sp.add_argument("--to", required=True)
+    sp.set_defaults(func=unpack)
+    args = p.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
