@@ -140,6 +140,21 @@ def test_trained_codec_runs_and_resumes(stems_dir, tmp_path):
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
+def test_codec_training_stopped_by_its_time_limit_writes_no_codec(stems_dir, tmp_path):
+    trained = {"run_name": "codec-test", "seed": 0, "bandwidth": 1.5, "crop_seconds": 0.25, "sample_rate": 24000,
+               "l1_weight": 1.0, "mel_weight": 1.0, "commit_weight": 1.0,
+               "train": {"steps": 2, "batch_size": 2, "lr": 3e-4, "warmup_steps": 0, "cosine_steps": 2,
+                         "grad_clip": 1.0, "amp": "none", "log_every": 1, "eval_every": 1, "val_examples": 2,
+                         "eval_batch_size": 2, "checkpoint_every": 1, "checkpoint_minutes": 5.0}}
+    cfg = {"source": "trained", "bandwidth": 1.5, "trained": trained}
+    out = tmp_path / "codec"
+    assert prepare_codec(cfg, stems_dir, out, device="cpu", time_limit=1e-9) == {"stopped_at": 1}
+    assert not (out / "model.pt").exists() and not (out / "codec.json").exists()
+    assert json.loads((out / "trained/progress.json").read_text())["step"] == 1
+    info = prepare_codec(cfg, stems_dir, out, device="cpu")
+    assert info["training"]["steps"] == 2 and (out / "model.pt").exists()
+
+
 def test_fast_kmeans_matches_encodec():
     """The codebook initialisation is encodec's k-means, only computed without the (n, 1024, 128) tensor."""
     from musicdecomp.codec import model

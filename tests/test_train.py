@@ -205,3 +205,21 @@ def test_time_limit_must_be_positive(capsys):
         with pytest.raises(SystemExit):
             build_parser().parse_args(base + ["--time-limit", bad])
         assert "is not a positive number of minutes" in capsys.readouterr().err
+
+
+def test_slurm_jobs_stop_before_their_end(monkeypatch):
+    from musicdecomp.cli import build_parser, _time_limit
+
+    args = build_parser().parse_args(["train-musicslots", "--dataset", "jsb_multi", "--variant", "none-t1-imp_true-k7",
+                                      "--seed", "0", "--data-dir", "d", "--run-dir", "r"])
+    monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)
+    assert _time_limit(args) is None  # outside SLURM: no limit
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 3600))
+    assert 3600 - 300 - 5 < _time_limit(args) <= 3600 - 300  # 5 minutes to spare
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 100))
+    assert _time_limit(args) == 60  # at least a minute of training
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "unknown")
+    assert _time_limit(args) is None
+    args.time_limit = 2.0  # an explicit limit wins
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 3600))
+    assert _time_limit(args) == 120

@@ -10,6 +10,7 @@ Bad input ends in one line ``musicdecomp <step>: error: ...`` and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -68,8 +69,9 @@ def cmd_stems(args):
 
 def cmd_codec(args):
     from musicdecomp.codec.source import prepare_codec
-    prepare_codec(_step_cfg(args, "codec"), args.stems_dir, args.out_dir, device=args.device,
-                  tracking=_tracking(args))
+    return _training_exit(args, prepare_codec(_step_cfg(args, "codec"), args.stems_dir, args.out_dir,
+                                              device=args.device, tracking=_tracking(args),
+                                              time_limit=_time_limit(args)))
 
 
 def cmd_cache_codes(args):
@@ -101,13 +103,27 @@ EXIT_TIME_LIMIT = 75
 def _training_exit(args, result: dict) -> int:
     if "stopped_at" not in result:
         return 0
+    run_dir = args.run_dir if hasattr(args, "run_dir") else f"{args.out_dir}/trained"  # the codec step's run
     print(f"musicdecomp {args.step}: stopped at the time limit at step {result['stopped_at']}; rerun the same command "
-          f"to continue from {args.run_dir}/ckpt/last.pt (progress: {args.run_dir}/progress.json)", file=sys.stderr)
+          f"to continue from {run_dir}/ckpt/last.pt (progress: {run_dir}/progress.json)", file=sys.stderr)
     return EXIT_TIME_LIMIT
 
 
+SLURM_MARGIN_S = 300  # inside a SLURM job, training stops this long before the job's end (SLURM_JOB_END_TIME)
+
+
 def _time_limit(args) -> float | None:
-    return None if args.time_limit is None else 60.0 * args.time_limit
+    """Seconds of training for this call: --time-limit, else (inside a SLURM job) until 5 minutes before the job's
+    end, so the job checkpoints and exits 75 instead of being killed; a retry of the job continues the run."""
+    if args.time_limit is not None:
+        return 60.0 * args.time_limit
+    end = os.environ.get("SLURM_JOB_END_TIME", "")
+    if not end.isdigit():
+        return None
+    seconds = max(int(end) - time.time() - SLURM_MARGIN_S, 60.0)
+    get_logger().info("SLURM job ends at %s: training stops at a checkpoint after %.1f min",
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(end))), seconds / 60)
+    return seconds
 
 
 def cmd_train_musicslots(args):
@@ -210,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-dir", required=True)
     sp.add_argument("--workers", type=int, default=0, help="render processes (default 0: one per core)")
 
+    def add_time_limit(sp):
+        sp.add_argument("--time-limit", type=_positive_minutes, metavar="MINUTES",
+                        help="stop training at a checkpoint after this long and exit with status 75; rerun to "
+                             "continue. Inside a SLURM job the default is 5 minutes before the job's end")
+
     def add_tracking(sp):
         sp.add_argument("--tracking-uri", help="MLflow tracking URI (e.g. sqlite:///results/mlflow/mlflow.db)")
         sp.add_argument("--experiment", default="musicdecomp", help="MLflow experiment name")
@@ -218,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stems-dir", required=True, help="folder of the stems' train/valid/test.json")
     sp.add_argument("--out-dir", required=True, help="writes model.pt and codec.json (and trained/ when trained)")
     sp.add_argument("--device", default="auto")
+    add_time_limit(sp)
     add_tracking(sp)
     sp = add("cache-codes", cmd_cache_codes, "encode one split of the stems (each class, each subset's mix)")
     sp.add_argument("--codec", required=True, help="model.pt written by the codec step")
@@ -247,9 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--run-dir", required=True)
         sp.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
         sp.add_argument("--threads", type=int, help="CPU threads for torch (CPU runs)")
-        sp.add_argument("--time-limit", type=_positive_minutes, metavar="MINUTES",
-                        help="stop at a checkpoint after this long and exit with status 75; rerun to continue "
-                             "(e.g. a little under a cluster job's wall-clock limit)")
+        add_time_limit(sp)
         add_tracking(sp)
 
     sp = add("train-musicslots", cmd_train_musicslots, "train (or resume) one MusicSlots run")

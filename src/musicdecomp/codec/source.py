@@ -59,9 +59,10 @@ def codec_config(params: dict, *_run) -> dict:
 
 
 def prepare_codec(cfg: dict, stems_dir: str | Path, out_dir: str | Path, device: str = "auto",
-                  tracking: dict | None = None) -> dict:
+                  tracking: dict | None = None, time_limit: float | None = None) -> dict:
     """Find (pretrained) or train (trained, resumable in ``<out_dir>/trained``) the codec; write
-    ``<out_dir>/model.pt`` and ``<out_dir>/codec.json``."""
+    ``<out_dir>/model.pt`` and ``<out_dir>/codec.json``. Training that stops at ``time_limit`` (seconds) writes
+    neither and returns ``{"stopped_at": step}``."""
     import torch
 
     from musicdecomp.io import atomic_path, sha256_of, write_json
@@ -81,7 +82,10 @@ def prepare_codec(cfg: dict, stems_dir: str | Path, out_dir: str | Path, device:
         from musicdecomp.train.loop import load_best
 
         run_dir = out_dir / "trained"
-        summary = train_codec(cfg["trained"], stems_dir, run_dir, device=device, tracking=tracking)
+        summary = train_codec(cfg["trained"], stems_dir, run_dir, device=device, tracking=tracking,
+                              time_limit=time_limit)
+        if "stopped_at" in summary:
+            return summary
         model = build_encodec(cfg["bandwidth"])
         model.load_state_dict(load_best(run_dir)["model"])
         origin = run_dir / "best.pt"
