@@ -76,7 +76,7 @@ def prepare(args) -> None:
                 (stage / "runs" / variant / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src / name, stage / "runs" / variant / name)
             print(f"staged {variant} at step {json.loads((src / 'progress.json').read_text())['step']} from {src}")
-    size = sum(f.stat().st_size for f in stage.iterdir()) / 1e6
+    size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file()) / 1e6  # a call carries at most 64 MiB
     print(f"staged {', '.join(INPUTS)} and the configs of {', '.join(args.variants)} in {stage} ({size:.1f} MB)")
 
 
