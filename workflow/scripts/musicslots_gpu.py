@@ -72,9 +72,7 @@ def prepare(args) -> None:
     for variant in args.variants if args.runs else ():
         src = Path(args.runs) / variant
         if (src / "ckpt/last.pt").exists():
-            for name in CARRIED:
-                (stage / "runs" / variant / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src / name, stage / "runs" / variant / name)
+            copy_run(src, stage / "runs" / variant)
             print(f"staged {variant} at step {json.loads((src / 'progress.json').read_text())['step']} from {src}")
     size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file()) / 1e6  # a call carries at most 64 MiB
     print(f"staged {', '.join(INPUTS)} and the configs of {', '.join(args.variants)} in {stage} ({size:.1f} MB)")
@@ -119,9 +117,7 @@ def run(args) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         staged = stage / "runs" / variant
         if (staged / "ckpt/last.pt").exists() and step_of(staged) > step_of(run_dir):
-            for name in CARRIED:
-                (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(staged / name, run_dir / name)
+            copy_run(staged, run_dir)
             for stale in ("ckpt/best.pt", "best.pt", "train.json"):  # from an older run in this folder
                 (run_dir / stale).unlink(missing_ok=True)
             log(f"{variant}: continuing from the staged checkpoint at step {step_of(run_dir)}", t0)
@@ -184,6 +180,13 @@ def run(args) -> None:
         sys.exit(1)
 
 
+def copy_run(src: Path, dst: Path) -> None:
+    """Copy what continues a run elsewhere (CARRIED) from one run folder to another."""
+    for name in CARRIED:
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / name, dst / name)
+
+
 def step_of(run_dir: Path) -> int:
     progress = run_dir / "progress.json"
     return json.loads(progress.read_text())["step"] if (run_dir / "ckpt/last.pt").exists() else -1
@@ -203,7 +206,7 @@ def unpack(args) -> None:
     """Join split tars, then extract every tar of ``--from`` into ``--to`` (one folder per run)."""
     src, dst = Path(args.source), Path(args.to)
     dst.mkdir(parents=True, exist_ok=True)
-    tars = {p for p in src.glob("*.tar")} | {p.with_name(p.name.rsplit(".part", 1)[0]) for p in src.glob("*.tar.part*")}
+    tars = set(src.glob("*.tar")) | {p.with_name(p.name.rsplit(".part", 1)[0]) for p in src.glob("*.tar.part*")}
     for tar_path in sorted(tars):
         parts = sorted(src.glob(f"{tar_path.name}.part*"))
         if parts:

@@ -76,7 +76,7 @@ def init_codebooks(model, sampler: CropSampler, n: int, seed: int, device: torch
 
 def train_codec(cfg: dict, stems_dir: str | Path, run_dir: str | Path, device: str = "auto",
                 tracking: dict | None = None, stop_after: int | None = None,
-                    time_limit: float | None = None) -> dict:
+                time_limit: float | None = None) -> dict:
     """``cfg``: {run_name, seed, bandwidth, crop_seconds, sample_rate, loss weights l1/mel/commit, train}."""
     tc = cfg["train"]
     dev = pick_device(device)

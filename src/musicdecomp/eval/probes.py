@@ -76,7 +76,7 @@ def train_probe(cfg: dict, feats: dict[str, dict], probe_dir: Path, device, kind
 
     run_training(cfg, tc, probe_dir, probe, device, sample, loss, validate, tracking,
                  {"model": f"probe-{kind}", "seed": str(cfg["seed"])})
-    probe.load_state_dict(torch.load(probe_dir / "best.pt", map_location="cpu", weights_only=True)["model"])
+    probe.load_state_dict(load_best(probe_dir)["model"])
     return probe
 
 

@@ -48,7 +48,7 @@ def vae_loss(model: VAE, data, device, amp: str, batch_size: int, kld_weight: fl
 
 def train_baseline(cfg: dict, data_dir: str | Path, run_dir: str | Path, device: str = "auto",
                    tracking: dict | None = None, threads: int | None = None, stop_after: int | None = None,
-                    time_limit: float | None = None) -> dict:
+                   time_limit: float | None = None) -> dict:
     """``cfg``: {run_name, dataset, baseline, seed, kind (vae|cnn), kld_weight, model, train}."""
     tc = cfg["train"]
     dev, train, valid = prepare(cfg, data_dir, device, threads)

@@ -63,17 +63,14 @@ def prepare(cfg: dict, data_dir: str | Path, device: str, threads: int | None):
 
 def load_best(run_dir: str | Path) -> dict:
     """A finished run's ``best.pt`` ({model, config, step, val})."""
-    path = Path(run_dir) / "best.pt"
-    if not path.exists():
-        raise UserError(f"{path} does not exist; train the run first (an unfinished run's ckpt/best.pt can be "
-                        f"evaluated with --checkpoint)")
-    return load_checkpoint(path)
+    return load_checkpoint(Path(run_dir) / "best.pt", missing="train the run first (an unfinished run's "
+                                                             "ckpt/best.pt can be evaluated with --checkpoint)")
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path, missing: str = "train the run first") -> dict:
     """A best-model file ({model, config, step, val}): ``best.pt`` or an unfinished run's ``ckpt/best.pt``."""
     path = Path(path)
-    state = load_torch(path, "a readable checkpoint", "train the run first", "train the run again")
+    state = load_torch(path, "a readable checkpoint", missing, "train the run again")
     if not isinstance(state, dict) or not {"model", "config", "step", "val"} <= set(state):
         raise UserError(f"{path} is not a best-model file (model, config, step, val); ckpt/last.pt cannot be "
                         f"evaluated, use ckpt/best.pt")
@@ -171,13 +168,13 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
                                      "val": {k: float(v) for k, v in val.items()}})
                 log.info("%s step %d loss %.4f val %s (best score %.4f @ %d)", cfg["run_name"], step, value.item(),
                          " ".join(f"{k} {v:.4f}" for k, v in val.items()), best, best_step)
-            if (step % tc["checkpoint_every"] == 0 or step == tc["steps"]
+            out_of_time = time_limit is not None and time.perf_counter() - t_start > time_limit
+            stopping = step < tc["steps"] and (out_of_time or (stop_after is not None and stop_after <= step))
+            if (stopping or step % tc["checkpoint_every"] == 0 or step == tc["steps"]
                     or time.perf_counter() - t_ckpt > 60 * tc["checkpoint_minutes"]):
                 checkpoint()
                 t_ckpt = time.perf_counter()
-            out_of_time = time_limit is not None and time.perf_counter() - t_start > time_limit
-            if step < tc["steps"] and (out_of_time or (stop_after is not None and stop_after <= step)):
-                checkpoint()
+            if stopping:
                 tracker.close("KILLED")
                 if out_of_time:
                     log.info("%s: time limit reached at step %d of %d (%.2f steps/s in this call); rerun the same "

@@ -57,7 +57,7 @@ def evaluate(model: MusicSlots, data, device, amp: str, batch_size: int, limit: 
 
 def train_musicslots(cfg: dict, data_dir: str | Path, run_dir: str | Path, device: str = "auto",
                      tracking: dict | None = None, threads: int | None = None, stop_after: int | None = None,
-                    time_limit: float | None = None) -> dict:
+                     time_limit: float | None = None) -> dict:
     """Train (or resume) one run. ``cfg``: {run_name, dataset, variant, seed, model, train}
     (musicdecomp.sweep.train_config); ``tracking``: {mlflow_uri, experiment} or None (metrics.jsonl only)."""
     tc = cfg["train"]
