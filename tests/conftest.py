@@ -17,6 +17,17 @@ SHARED_JSB = REPO.parent / "shared" / "data" / "jsb-chorales"
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Training with ``threads`` sets torch's process-wide thread count; a later test in the same process would
+    otherwise run with it (and batched vs single encodings, compared exactly, can differ with the thread count)."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def tool_env() -> dict[str, str]:
     """Environment for subprocesses: this interpreter's bin first (python, snakemake, dvc), no progress bars."""
     env = dict(os.environ)
