@@ -34,5 +34,6 @@ def write_record(out_dir: str | Path, prefix: str, name: str, record: dict) -> P
     """``<out_dir>/<prefix>_<device slug>.json``; returns its path."""
     slug = "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).strip("_").lower()
     out = Path(out_dir) / f"{prefix}_{slug}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     return out

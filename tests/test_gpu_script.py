@@ -2,6 +2,7 @@
 end to end on CPU with the tiny parameters: stage, rebuild the dataset, benchmark, train until the time limit,
 evaluate, pack (split into parts), bring back, and continue on a "fresh machine" from the checkpoint."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -9,9 +10,14 @@ import tarfile
 
 import torch
 
+from musicdecomp.train.loop import SPEED_OPTIONS
+
 from conftest import REPO, tool_env
 
 SCRIPT = REPO / "workflow/scripts/musicslots_gpu.py"
+_spec = importlib.util.spec_from_file_location("musicslots_gpu", SCRIPT)
+gpu = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu)
 VARIANTS = ["none-t2-imp_true-k3", "softmax-t2-imp_true-k3"]
 
 
@@ -39,10 +45,18 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
     script("run", "--stage", stage, "--out", out, "--work", tmp_path / "machine1", "--budget", 600, "--train-seconds",
            4, "--device", "cpu", "--bench-small", "--bench-steps", 1, "--keep-last", "--part-mib", 0.05, cwd=tmp_path)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["benchmark"]["model"] == "small" and len(summary["benchmark"]["results"]) == 6
+    bench = summary["benchmark"]
+    assert bench["model"] == "small" and bench["profile"]["top"]
+    # only the staged models (stride 2; none and softmax), each with and without channels_last (no cuDNN here)
+    assert sorted((r["mask"], r["time_stride"], r["channels_last"]) for r in bench["results"]) == [
+        ("none", 2, False), ("none", 2, True), ("softmax", 2, False), ("softmax", 2, True)]
+    assert {r["cudnn_benchmark"] for r in bench["results"]} == {False}
     stopped_at = {}
     for variant in VARIANTS:
         run = summary["runs"][variant]
+        mask = variant.split("-")[0]
+        assert run["speed"] == gpu.speed_options(["auto"], bench, mask, 2)  # the benchmark's choice trained
+        assert run["progress"]["speed"]["channels_last"] == ("channels_last" in run["speed"])
         assert run["exit"] == 75 and "train" not in run  # stopped at its time limit, not finished
         stopped_at[variant] = run["progress"]["step"]
         assert run["progress"]["steps"] == 100000 and run["progress"]["best_step"] >= 3
@@ -64,9 +78,11 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
             if p.is_file()} == {"ckpt/last.pt", "metrics.jsonl", "progress.json"}
     out2 = tmp_path / "out2"
     log = script("run", "--stage", stage, "--out", out2, "--work", tmp_path / "machine2", "--budget", 600,
-                 "--train-seconds", 4, "--device", "cpu", "--bench-seconds", 0, cwd=tmp_path)
+                 "--train-seconds", 4, "--device", "cpu", "--bench-seconds", 0, "--speed", "channels_last",
+                 cwd=tmp_path)
     summary = json.loads((out2 / "summary.json").read_text())
     for variant in VARIANTS:
+        assert summary["runs"][variant]["progress"]["speed"] == {"channels_last": True, "cudnn_benchmark": False}
         assert f"{variant}: continuing from the staged checkpoint at step {stopped_at[variant]}" in log
         assert summary["runs"][variant]["progress"]["step"] > stopped_at[variant]
         with tarfile.open(out2 / f"{variant}.tar") as tar:  # small enough to stay whole; no last.pt asked for
@@ -74,3 +90,17 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
             train_log = tar.extractfile(f"{variant}/train.log").read().decode()
         assert f"{variant}/ckpt/last.pt" not in names and f"{variant}/ckpt/best.pt" in names
         assert f"from step {stopped_at[variant]}" in train_log and "model selection starts again" in train_log
+
+
+def test_speed_options_follow_the_benchmark():
+    assert gpu.SPEED_OPTIONS == SPEED_OPTIONS  # the script runs without importing musicdecomp
+    bench = {"best_speed": [
+        {"mask": "none", "time_stride": 1, "speedup": 1.25, "speed": {"channels_last": True, "cudnn_benchmark": True}},
+        {"mask": "softmax", "time_stride": 1, "speedup": 1.01, "speed": {"channels_last": True,
+                                                                         "cudnn_benchmark": False}}]}
+    assert gpu.speed_options(["auto"], bench, "none", 1) == ["channels_last", "cudnn_benchmark"]
+    assert gpu.speed_options(["auto"], bench, "softmax", 1) == []  # not worth it: within noise of the defaults
+    assert gpu.speed_options(["auto"], bench, "none", 2) == []  # not measured
+    assert gpu.speed_options(["auto"], {}, "none", 1) == []  # no benchmark
+    assert gpu.speed_options(["none"], bench, "none", 1) == []
+    assert gpu.speed_options(["cudnn_benchmark"], bench, "softmax", 1) == ["cudnn_benchmark"]

@@ -137,6 +137,34 @@ def test_time_limit_stops_at_a_checkpoint_and_the_run_continues(tiny_run, tiny_p
     assert json.loads((run_dir / "train.json").read_text())["best_step"] == full["best_step"]
 
 
+def test_channels_last_trains_the_same_model_and_can_switch_between_calls(tiny_run, tiny_params, tmp_path):
+    """The speed options change the memory layout, not the training: same losses up to rounding, checkpoints
+    that load into a default model, and a run that switches layout when resumed."""
+    data = tiny_run / "results/data/jsb_multi"
+    cfg = tiny_cfg(tiny_params, "softmax-t1-imp_true-k3", log_every=1)
+    train_musicslots(cfg, data, tmp_path / "nchw", device="cpu", threads=1)
+    fast = {"channels_last": True, "cudnn_benchmark": True}  # cuDNN's option is ignored on CPU
+    stopped = train_musicslots(cfg, data, tmp_path / "nhwc", device="cpu", threads=1, stop_after=2, speed=fast)
+    assert stopped == {"stopped_at": 2}
+    assert json.loads((tmp_path / "nhwc/progress.json").read_text())["speed"] == fast
+    weight = torch.load(tmp_path / "nhwc/ckpt/last.pt", weights_only=True)["model"]["encoder.convs.1.weight"]
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    summary = train_musicslots(cfg, data, tmp_path / "nhwc", device="cpu", threads=1)  # resumed in NCHW
+    assert summary["speed"] == {"channels_last": False, "cudnn_benchmark": False}
+
+    def losses(run):
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [r["train/loss"] for r in rows if "train/loss" in r]
+
+    assert len(losses("nhwc")) == len(losses("nchw")) == 6
+    assert losses("nhwc") == pytest.approx(losses("nchw"), rel=1e-3)
+    a = torch.load(tmp_path / "nchw/best.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "nhwc/best.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
+    with pytest.raises(UserError, match="unknown speed options"):
+        train_musicslots(cfg, data, tmp_path / "other", device="cpu", speed={"compile": True})
+
+
 def test_mlflow_run_is_logged_and_continued(tiny_run, tiny_params, tmp_path):
     import mlflow
 
@@ -223,3 +251,20 @@ def test_slurm_jobs_stop_before_their_end(monkeypatch):
     args.time_limit = 2.0  # an explicit limit wins
     monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 3600))
     assert _time_limit(args) == 120
+
+
+def test_speed_options_from_flags_and_environment(monkeypatch):
+    from musicdecomp.cli import _speed, build_parser
+
+    base = ["train-baseline", "--dataset", "jsb_multi", "--variant", "cnn", "--seed", "0", "--data-dir", "d",
+            "--run-dir", "r"]
+    monkeypatch.delenv("MUSICDECOMP_SPEED", raising=False)
+    assert _speed(build_parser().parse_args(base)) == {"channels_last": False, "cudnn_benchmark": False}
+    assert _speed(build_parser().parse_args(base + ["--cudnn-benchmark"])) == {"channels_last": False,
+                                                                             "cudnn_benchmark": True}
+    monkeypatch.setenv("MUSICDECOMP_SPEED", " channels_last ")
+    assert _speed(build_parser().parse_args(base + ["--cudnn-benchmark"])) == {"channels_last": True,
+                                                                             "cudnn_benchmark": True}
+    monkeypatch.setenv("MUSICDECOMP_SPEED", "channels_last,compile")
+    with pytest.raises(UserError, match=r"\$MUSICDECOMP_SPEED names unknown speed options \['compile'\]"):
+        _speed(build_parser().parse_args(base))

@@ -126,11 +126,27 @@ def _time_limit(args) -> float | None:
     return seconds
 
 
+SPEED_ENV = "MUSICDECOMP_SPEED"  # e.g. "channels_last,cudnn_benchmark": the speed options of every training job
+
+
+def _speed(args) -> dict:
+    """The training speed options: the flags, plus those named in $MUSICDECOMP_SPEED (so that a workflow's jobs get
+    them without changing their commands, which would make Snakemake and DVC rerun them)."""
+    from musicdecomp.train.loop import SPEED_OPTIONS
+
+    named = [n.strip() for n in os.environ.get(SPEED_ENV, "").split(",") if n.strip()]
+    unknown = sorted(set(named) - set(SPEED_OPTIONS))
+    if unknown:
+        raise UserError(f"${SPEED_ENV} names unknown speed options {unknown}; known: {', '.join(SPEED_OPTIONS)}")
+    return {"channels_last": args.channels_last or "channels_last" in named,
+            "cudnn_benchmark": args.cudnn_benchmark or "cudnn_benchmark" in named}
+
+
 def cmd_train_musicslots(args):
     from musicdecomp.train.musicslots import train_musicslots
     return _training_exit(args, train_musicslots(
         _step_cfg(args, "train_musicslots"), args.data_dir, args.run_dir, device=args.device, tracking=_tracking(args),
-        threads=args.threads, time_limit=_time_limit(args)))
+        threads=args.threads, time_limit=_time_limit(args), speed=_speed(args)))
 
 
 def cmd_eval_musicslots(args):
@@ -143,7 +159,7 @@ def cmd_train_baseline(args):
     from musicdecomp.train.baselines import train_baseline
     return _training_exit(args, train_baseline(
         _step_cfg(args, "train_baseline"), args.data_dir, args.run_dir, device=args.device, tracking=_tracking(args),
-        threads=args.threads, time_limit=_time_limit(args)))
+        threads=args.threads, time_limit=_time_limit(args), speed=_speed(args)))
 
 
 def cmd_probe(args):
@@ -269,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--run-dir", required=True)
         sp.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
         sp.add_argument("--threads", type=int, help="CPU threads for torch (CPU runs)")
+        sp.add_argument("--channels-last", action="store_true",
+                        help="NHWC convolutions (cuDNN tensor cores); same results up to rounding, may switch "
+                             "between calls of a run (benchmarks/musicslots_throughput.py --speed measures it; "
+                             "$MUSICDECOMP_SPEED=channels_last,cudnn_benchmark sets both)")
+        sp.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN time its algorithms for the training shapes once (CUDA)")
         add_time_limit(sp)
         add_tracking(sp)
 

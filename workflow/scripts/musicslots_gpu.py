@@ -11,7 +11,9 @@ There (the stage folder, ``src/``, ``benchmarks/`` and this script travel), with
     PYTHONPATH=src python workflow/scripts/musicslots_gpu.py run --stage .gpu --out "$OUT" --budget 480
 
 ``run`` rebuilds the dataset from the 10 MB of rendered notes (the features step), measures the training
-throughput alone on the device (benchmarks/musicslots_throughput.py), trains the staged variants side by side with
+throughput alone on the device for the staged variants' models with every combination of the training's speed
+options (benchmarks/musicslots_throughput.py --speed; ``--speed auto`` then trains each variant with the fastest
+one, if it beats the defaults by 3 %), trains the staged variants side by side with
 ``--time-limit`` so that they stop at a checkpoint before the budget ends (or finish), evaluates each one's best
 checkpoint on the test split, and writes into ``--out``: ``summary.json`` (steps, throughput, validation and test
 metrics per run), the throughput record, and per run a tar of its folder (best checkpoint, metrics.jsonl, curves,
@@ -41,6 +43,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+SPEED_OPTIONS = ("channels_last", "cudnn_benchmark")  # musicdecomp.train.loop.SPEED_OPTIONS (not imported here)
 DATASET = "jsb_multi"
 INPUTS = {"chords.csv": "results/data/jsb/chords.csv", "summary.json": "results/data/jsb/summary.json",
           "notes.pt": "results/data/notes/notes.pt"}
@@ -101,14 +104,21 @@ def run(args) -> None:
                                    str(stage / "summary.json"), "--notes", str(stage / "notes.pt"),
                                    "--out-dir", str(data_dir)), env=env, check=True)
 
+    models = {v: (configs[v]["model"]["mask"], configs[v]["model"]["time_stride"]) for v in variants}
     if args.bench_seconds > 0:
         log("throughput benchmark (alone on the device)", t0)
         try:
             subprocess.run([sys.executable, str(ROOT / "benchmarks/musicslots_throughput.py"), "--steps",
-                            str(args.bench_steps), "--out", str(out), *(["--small"] if args.bench_small else [])],
+                            str(args.bench_steps), "--out", str(out), "--speed", "--profile",
+                            "--masks", *sorted({m for m, _ in models.values()}),
+                            "--strides", *sorted({str(t) for _, t in models.values()}),
+                            *(["--small"] if args.bench_small else [])],
                            env=env, check=True, timeout=args.bench_seconds)
         except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as e:
             log(f"benchmark did not complete: {e}", t0)
+    bench = sorted(out.glob("musicslots_throughput*.json"))
+    bench = json.loads(bench[0].read_text()) if bench else {}
+    speeds = {v: speed_options(args.speed, bench, *models[v]) for v in variants}
 
     train_end = t0 + args.budget - EVAL_RESERVE_S
     procs = {}
@@ -126,9 +136,11 @@ def run(args) -> None:
         cmd = musicdecomp("train-musicslots", "--config", json.dumps(configs[variant]), "--dataset", DATASET,
                           "--variant", variant, "--seed", str(configs[variant]["seed"]), "--data-dir",
                           str(data_dir), "--run-dir", str(run_dir), "--device", args.device,
-                          "--time-limit", f"{limit_min:.3f}", "--log", str(run_dir / "train.log"))
+                          "--time-limit", f"{limit_min:.3f}", "--log", str(run_dir / "train.log"),
+                          *(f"--{name.replace('_', '-')}" for name in speeds[variant]))
         procs[variant] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        log(f"training {variant} for at most {limit_min:.2f} min", t0)
+        log(f"training {variant} for at most {limit_min:.2f} min ({', '.join(speeds[variant]) or 'default speed'})",
+            t0)
     status = {}
     for variant, proc in procs.items():
         _, err = proc.communicate()
@@ -139,9 +151,8 @@ def run(args) -> None:
             print(err[-3000:], file=sys.stderr)
 
     summary = {"budget_seconds": args.budget, "runs": {}}
-    bench = sorted(out.glob("musicslots_throughput*.json"))
     if bench:
-        summary["benchmark"] = json.loads(bench[0].read_text())
+        summary["benchmark"] = bench
     evals = {}
     for variant in variants:
         run_dir = work / "runs" / variant
@@ -159,7 +170,7 @@ def run(args) -> None:
             print(err[-3000:], file=sys.stderr)
     for variant in variants:
         run_dir = work / "runs" / variant
-        entry = {"exit": status[variant]}
+        entry = {"exit": status[variant], "speed": speeds[variant]}
         for name in ("progress.json", "train.json", "test.json"):
             if (run_dir / name).exists():
                 entry[name.removesuffix(".json")] = json.loads((run_dir / name).read_text())
@@ -178,6 +189,20 @@ def run(args) -> None:
             f"{t.get('note_mse', float('nan')):.3f} mIoU {t.get('miou', float('nan')):.4f}", t0)
     if any(code not in (0, 75) for code in status.values()):
         sys.exit(1)
+
+
+SPEED_MIN_GAIN = 1.03  # --speed auto keeps the defaults unless an option combination is this much faster
+
+
+def speed_options(requested: list[str], bench: dict, mask: str, stride: int) -> list[str]:
+    """The training speed options for a model: the ones asked for, or (``auto``) the benchmark's fastest
+    combination for this mask and stride when it beats the defaults by SPEED_MIN_GAIN, else none."""
+    if requested != ["auto"]:
+        return [] if requested == ["none"] else requested
+    for best in bench.get("best_speed", []):
+        if (best["mask"], best["time_stride"]) == (mask, stride) and best["speedup"] >= SPEED_MIN_GAIN:
+            return [name for name, on in best["speed"].items() if on]
+    return []
 
 
 def copy_run(src: Path, dst: Path) -> None:
@@ -243,6 +268,9 @@ def main() -> None:
     sp.add_argument("--bench-small", action="store_true", help="benchmark the 16-channel model (CPU checks)")
     sp.add_argument("--train-seconds", type=float, help="train this long (default: what the budget leaves)")
     sp.add_argument("--keep-last", action="store_true", help="bring back ckpt/last.pt to continue elsewhere")
+    sp.add_argument("--speed", nargs="+", default=["auto"], choices=["auto", "none", *SPEED_OPTIONS],
+                    help="training speed options: auto (the benchmark's fastest; none without a benchmark), none, "
+                         "or the options to use")
     sp.add_argument("--part-mib", type=float, default=15, help="split files brought back above this size")
     sp.set_defaults(func=run)
     sp = sub.add_parser("unpack", help="here: join split files brought back and extract the run folders")

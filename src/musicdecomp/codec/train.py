@@ -98,7 +98,7 @@ def train_codec(cfg: dict, stems_dir: str | Path, run_dir: str | Path, device: s
         l1 = (y.float() - x).abs().mean()
         mel = multiscale_mel_loss(y, x, cfg["sample_rate"])
         total = cfg["l1_weight"] * l1 + cfg["mel_weight"] * mel + cfg["commit_weight"] * q.penalty
-        return total, {"l1": l1.item(), "mel": mel.item(), "commit": float(q.penalty.detach())}
+        return total, {"l1": l1.detach(), "mel": mel.detach(), "commit": q.penalty.detach()}  # read when logged
 
     def validate():
         emb = model.encoder(valid[:, None])

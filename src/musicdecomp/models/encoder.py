@@ -51,6 +51,6 @@ class Encoder(nn.Module):
         for conv in self.convs:
             x = F.relu(conv(x))
         x = self.pos(x)
-        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        tokens = x.permute(0, 2, 3, 1).flatten(1, 2)  # (B, N, C), N in (F, T) order; a view in NHWC
         tokens = F.layer_norm(tokens, tokens.shape[1:])
         return self.mlp(tokens)

@@ -48,10 +48,11 @@ def vae_loss(model: VAE, data, device, amp: str, batch_size: int, kld_weight: fl
 
 def train_baseline(cfg: dict, data_dir: str | Path, run_dir: str | Path, device: str = "auto",
                    tracking: dict | None = None, threads: int | None = None, stop_after: int | None = None,
-                   time_limit: float | None = None) -> dict:
-    """``cfg``: {run_name, dataset, baseline, seed, kind (vae|cnn), kld_weight, model, train}."""
+                   time_limit: float | None = None, speed: dict | None = None) -> dict:
+    """``cfg``: {run_name, dataset, baseline, seed, kind (vae|cnn), kld_weight, model, train}; ``speed`` as for
+    MusicSlots (musicdecomp.train.loop)."""
     tc = cfg["train"]
-    dev, train, valid = prepare(cfg, data_dir, device, threads)
+    dev, train, valid = prepare(cfg, data_dir, device, threads, speed)
     n_p, n_i = len(train.pitches), len(train.programs)
     model = build_baseline(cfg, n_p, n_i, tuple(train.chord_db.shape[-2:])).to(dev)
     w = cfg.get("kld_weight", 0.0)
@@ -64,7 +65,7 @@ def train_baseline(cfg: dict, data_dir: str | Path, run_dir: str | Path, device:
             chord = train.chord_db[idx]
             recon, kld, _ = model(chord, sample=w > 0, generator=gen)
             rec = torch.nn.functional.mse_loss(recon.float(), chord)
-            return rec + w * kld, {"recon_mse": rec.item(), "kld": kld.item()}
+            return rec + w * kld, {"recon_mse": rec.detach(), "kld": kld.detach()}  # read at logging steps
 
         def validate():
             rec, kld = vae_loss(model, valid, dev, tc["amp"], tc["eval_batch_size"], w, tc["val_examples"])
@@ -81,4 +82,4 @@ def train_baseline(cfg: dict, data_dir: str | Path, run_dir: str | Path, device:
 
     return run_training(cfg, tc, run_dir, model, dev, sample, loss, validate, tracking,
                         {"model": cfg["baseline"], "dataset": cfg["dataset"], "seed": str(cfg["seed"])},
-                        stop_after, time_limit)
+                        stop_after, time_limit, speed)

@@ -13,6 +13,11 @@ Run folder: ``best.pt`` ({model, config, step, val}), ``train.json`` (summary), 
 running or stopped run can be watched); ``ckpt/last.pt`` and ``ckpt/best.pt`` (published as best.pt at the end:
 workflow managers delete declared outputs before rerunning a job, ckpt/ survives).
 
+Speed options (``speed``; they change how the work runs on the device, not the result beyond rounding, so a run
+may switch them between calls): ``channels_last`` stores the convolution weights (and so their activations) in
+NHWC order, the layout of cuDNN's tensor-core kernels; ``cudnn_benchmark`` lets cuDNN time its algorithms for the
+fixed training shapes once. On CUDA, Adam is the fused implementation.
+
 A time limit (``time_limit``, seconds of this call) ends the call cleanly at a checkpoint, before a scheduler's
 wall-clock limit kills it: rerunning continues from there. Until the run has finished there is no ``best.pt``;
 ``ckpt/best.pt`` (same format) can be evaluated meanwhile.
@@ -50,13 +55,28 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, enabled=False)
 
 
-def prepare(cfg: dict, data_dir: str | Path, device: str, threads: int | None):
-    """Device, CPU threads, the run's seed, and its train/valid splits loaded onto the device."""
+SPEED_OPTIONS = ("channels_last", "cudnn_benchmark")
+
+
+def check_speed(speed: dict | None) -> dict:
+    speed = dict(speed or {})
+    unknown = set(speed) - set(SPEED_OPTIONS)
+    if unknown:
+        raise UserError(f"unknown speed options {sorted(unknown)}; known: {', '.join(SPEED_OPTIONS)}")
+    return {k: bool(speed.get(k, False)) for k in SPEED_OPTIONS}
+
+
+def prepare(cfg: dict, data_dir: str | Path, device: str, threads: int | None, speed: dict | None = None):
+    """Device, CPU threads, cuDNN autotuning (``speed``), the run's seed, and its train/valid splits loaded onto
+    the device."""
     from musicdecomp.data.datasets import load_split
 
+    speed = check_speed(speed)
     dev = pick_device(device)
     if threads and dev.type == "cpu":
         torch.set_num_threads(threads)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = speed["cudnn_benchmark"]
     torch.manual_seed(cfg["seed"])
     return dev, load_split(Path(data_dir) / "train.pt", dev), load_split(Path(data_dir) / "valid.pt", dev)
 
@@ -85,17 +105,21 @@ def save(path: Path, state: dict) -> None:
 def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Module, device: torch.device,
                  sample: Callable[[torch.Generator], object], loss: Callable[[object, torch.Generator], tuple],
                  validate: Callable[[], dict], tracking: dict | None = None, tags: dict | None = None,
-                 stop_after: int | None = None, time_limit: float | None = None) -> dict:
+                 stop_after: int | None = None, time_limit: float | None = None, speed: dict | None = None) -> dict:
     """Train ``model`` (already on ``device``) for ``tc["steps"]`` steps; see the module docstring.
 
     ``cfg`` is the run's whole configuration (saved with it; a checkpoint made with another one is refused);
     ``tc`` its training settings (lr, warmup_steps, cosine_steps, grad_clip, amp, log_every, eval_every,
     checkpoint_every, checkpoint_minutes, steps). ``stop_after`` ends the call after that many steps in all,
     as if killed right after a checkpoint (for tests); ``time_limit`` ends it at the first step after that many
-    seconds of this call, with a checkpoint. Either way the call returns ``{"stopped_at": step}``.
+    seconds of this call, with a checkpoint. Either way the call returns ``{"stopped_at": step}``. ``speed``: see
+    the module docstring (``prepare`` applies ``cudnn_benchmark``).
     """
     run_dir = Path(run_dir)
-    opt = torch.optim.Adam(model.parameters(), lr=tc["lr"])
+    speed = check_speed(speed)
+    if speed["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=tc["lr"], fused=device.type == "cuda")
     data_gen = torch.Generator(device=device).manual_seed(cfg["seed"])
     noise_gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 1)
     ckpt_path, best_path = run_dir / "ckpt" / "last.pt", run_dir / "ckpt" / "best.pt"
@@ -131,7 +155,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
                          "mlflow_run_id": tracker.run_id, "elapsed": elapsed + wall})
         write_json(run_dir / "progress.json", {
             "run_name": cfg["run_name"], "step": step, "steps": tc["steps"], "best_val_score": best,
-            "best_step": best_step, "device": device_name, "wall_seconds": elapsed + wall,
+            "best_step": best_step, "device": device_name, "speed": speed, "wall_seconds": elapsed + wall,
             "steps_this_call": steps_here, "steps_per_second": steps_here / max(wall, 1e-9),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
@@ -189,8 +213,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
     copy_file(best_path, run_dir / "best.pt")
     wall = time.perf_counter() - t_start
     summary = {"run_name": cfg["run_name"], "steps": step, "best_step": best_step, "best_val_score": best,
-               "device": device_name,
-               "wall_seconds": elapsed + wall, "steps_per_second": steps_here / max(wall, 1e-9),
+               "device": device_name, "speed": speed, "wall_seconds": elapsed + wall, "steps_per_second": steps_here / max(wall, 1e-9),
                "parameters": sum(p.numel() for p in model.parameters()), "mlflow_run_id": tracker.run_id}
     plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", cfg["run_name"])
     tracker.artifact(run_dir / "curves.png")

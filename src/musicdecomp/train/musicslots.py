@@ -57,11 +57,12 @@ def evaluate(model: MusicSlots, data, device, amp: str, batch_size: int, limit: 
 
 def train_musicslots(cfg: dict, data_dir: str | Path, run_dir: str | Path, device: str = "auto",
                      tracking: dict | None = None, threads: int | None = None, stop_after: int | None = None,
-                     time_limit: float | None = None) -> dict:
+                     time_limit: float | None = None, speed: dict | None = None) -> dict:
     """Train (or resume) one run. ``cfg``: {run_name, dataset, variant, seed, model, train}
-    (musicdecomp.sweep.train_config); ``tracking``: {mlflow_uri, experiment} or None (metrics.jsonl only)."""
+    (musicdecomp.sweep.train_config); ``tracking``: {mlflow_uri, experiment} or None (metrics.jsonl only);
+    ``speed``: {channels_last, cudnn_benchmark} (musicdecomp.train.loop)."""
     tc = cfg["train"]
-    dev, train, valid = prepare(cfg, data_dir, device, threads)
+    dev, train, valid = prepare(cfg, data_dir, device, threads, speed)
     model = build_model(cfg["model"], tuple(train.chord_db.shape[-2:])).to(dev)
 
     def sample(gen):
@@ -77,4 +78,4 @@ def train_musicslots(cfg: dict, data_dir: str | Path, run_dir: str | Path, devic
 
     return run_training(cfg, tc, run_dir, model, dev, sample, loss, validate, tracking,
                         {"model": "musicslots", "dataset": cfg["dataset"], "variant": cfg["variant"],
-                         "seed": str(cfg["seed"])}, stop_after, time_limit)
+                         "seed": str(cfg["seed"])}, stop_after, time_limit, speed)
