@@ -43,7 +43,8 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
     # the other half runs anywhere from the stage alone (here: another folder, like the GPU machine)
     out = tmp_path / "out1"
     script("run", "--stage", stage, "--out", out, "--work", tmp_path / "machine1", "--budget", 600, "--train-seconds",
-           4, "--device", "cpu", "--bench-small", "--bench-steps", 1, "--keep-last", "--part-mib", 0.05, cwd=tmp_path)
+           4, "--device", "cpu", "--bench-small", "--bench-steps", 1, "--keep-last", "--part-mib", 0.05, "--side-by-side",
+           cwd=tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     bench = summary["benchmark"]
     assert bench["model"] == "small" and bench["profile"]["top"]
@@ -81,6 +82,10 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
                  "--train-seconds", 4, "--device", "cpu", "--bench-seconds", 0, "--speed", "channels_last",
                  cwd=tmp_path)
     summary = json.loads((out2 / "summary.json").read_text())
+    # one after the other (the default): the second starts when the first has stopped
+    a, b = VARIANTS
+    assert log.index(f"training {a}") < log.index(f"{a}: exit 75") < log.index(f"training {b}") < log.index(
+        f"{b}: exit 75")
     for variant in VARIANTS:
         assert summary["runs"][variant]["progress"]["speed"] == {"channels_last": True, "cudnn_benchmark": False}
         assert f"{variant}: continuing from the staged checkpoint at step {stopped_at[variant]}" in log
