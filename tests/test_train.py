@@ -211,7 +211,7 @@ def test_table1_aggregates_seeds(tmp_path):
         return path
     paths = [ev("none-t1-imp_true-k7", 0, 10.0, 0.9), ev("none-t1-imp_true-k7", 1, 14.0, 0.8),
              ev("softmax-t1-imp_true-k7", 0, 30.0, 0.5)]
-    rows = table1(paths, tmp_path / "t.csv", tmp_path / "t.md")
+    rows = table1(paths, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.tex")
     none = next(r for r in rows if r["mask"] == "none")
     assert none["seeds"] == 2 and none["note_mse_mean"] == 12.0 and none["miou_mean"] == pytest.approx(0.85)
     assert none["note_mse_std"] == pytest.approx(2.8284, rel=1e-3)  # sample std over seeds
@@ -219,6 +219,13 @@ def test_table1_aggregates_seeds(tmp_path):
     assert "| jsb_multi | none | 1 | yes | 7 | 2 | 12.00 ± 2.83 | 0.850 ± 0.071 |" in md
     assert "13.47" in md and "unverified" in md
     assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("dataset,variant,mask")
+    tex = (tmp_path / "t.tex").read_text().splitlines()
+    rows_tex = [line for line in tex if line.endswith("\\\\")]
+    assert all(line.count(" & ") == 7 for line in rows_tex[:3])  # header + 2 variants, 8 columns
+    assert "jsb\\_multi & none & 1 & yes & 7 & 2 & $\\mathbf{12.00 \\pm 2.83}$ & $\\mathbf{0.850 \\pm 0.071}$ \\\\" in tex
+    assert "jsb\\_multi & softmax & 1 & yes & 7 & 1 & $30.00$ & $0.500$ \\\\" in tex  # one seed: no std, not best
+    assert rows_tex[-1].startswith("\\multicolumn{6}{l}{paper") and "$13.47$ & $0.91$" in rows_tex[-1]
+    assert tex[0].startswith("%") and "\\toprule" in tex and "\\bottomrule" in tex
     with pytest.raises(UserError, match="evaluation\\(s\\) of the sweep are missing"):
         table1(paths + [tmp_path / "nope.json"], tmp_path / "x.csv", tmp_path / "x.md")
 

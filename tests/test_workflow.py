@@ -44,6 +44,10 @@ def test_tiny_sweep_trains_every_variant_and_makes_table1(tiny_all, tiny_params)
         assert ev["variant"] == v and ev["seed"] == s and 0.0 <= ev["test"]["miou"] <= 1.0
     md = (tiny_all / "results/tables/table1_musicslots.md").read_text()
     assert md.count("\n| jsb_") == 14 and "13.47" in md
+    tex = (tiny_all / "results/tables/table1_musicslots.tex").read_text()
+    assert tex.count("\njsb\\_") == 14 and "13.47" in tex and tex.count("\\mathbf{") >= 2  # best MSE, best mIoU
+    tex2 = (tiny_all / "results/tables/table2_probes.tex").read_text()
+    assert tex2.count("\njsb\\_") == 5 and "supervised CNN" in tex2
     t2 = (tiny_all / "results/tables/table2_probes.md").read_text()
     for label in ("| jsb_multi | MusicSlots (none-t1-imp_true-k7), linear probe on slots | 2 |",
                   "| jsb_single | MusicSlots (none-t1-imp_true-k7), linear probe on slots | 2 |",

@@ -175,11 +175,11 @@ def cmd_tables(args):
     from musicdecomp.sweep import baseline_dir, run_dir
 
     cfg, out = _step_cfg(args, "tables"), Path(args.out_dir)
-    table1([Path(run_dir(*r)) / "test.json" for r in cfg["runs"]], out / "table1_musicslots.csv",
-           out / "table1_musicslots.md")
+    table1([Path(run_dir(*r)) / "test.json" for r in cfg["runs"]], *(out / f"table1_musicslots.{ext}" for ext in
+                                                                      ("csv", "md", "tex")))
     table2([Path(run_dir(*r)) / "probe.json" for r in cfg["probed"]]
            + [Path(baseline_dir(*r)) / "probe.json" for r in cfg["baselines"]],
-           out / "table2_probes.csv", out / "table2_probes.md")
+           *(out / f"table2_probes.{ext}" for ext in ("csv", "md", "tex")))
 
 
 def cmd_config(args):

@@ -56,8 +56,10 @@ rule tables:
     output:
         "results/tables/table1_musicslots.csv",
         "results/tables/table1_musicslots.md",
+        "results/tables/table1_musicslots.tex",
         "results/tables/table2_probes.csv",
         "results/tables/table2_probes.md",
+        "results/tables/table2_probes.tex",
     params:
         cfg=step_params("tables"),
     log:
