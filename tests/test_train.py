@@ -198,6 +198,9 @@ def test_evaluation_output(tiny_run, tiny_params, tmp_path):
     assert ev["test"]["examples"] == n_test and ev["test"]["note_mse"] > 0 and 0 <= ev["test"]["miou"] <= 1
     assert json.loads((tmp_path / "t.json").read_text()) == ev
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    assert ev["test_iters"] == tiny_params["musicslots"]["model"]["iters"]
+    more = evaluate_run(tmp_path / "r", data, tmp_path / "t5.json", device="cpu", iters=5)  # official --test_time_iter
+    assert more["test_iters"] == 5 and more["test"]["examples"] == n_test  # read back from the model evaluated
 
 
 def test_table1_aggregates_seeds(tmp_path):
@@ -228,6 +231,18 @@ def test_table1_aggregates_seeds(tmp_path):
     assert tex[0].startswith("%") and "\\toprule" in tex and "\\bottomrule" in tex
     with pytest.raises(UserError, match="evaluation\\(s\\) of the sweep are missing"):
         table1(paths + [tmp_path / "nope.json"], tmp_path / "x.csv", tmp_path / "x.md")
+
+
+def test_test_time_iterations_must_be_positive(capsys):
+    from musicdecomp.cli import build_parser
+
+    base = ["eval-musicslots", "--run-dir", "r", "--data-dir", "d", "--out", "o.json"]
+    assert build_parser().parse_args(base + ["--iters", "5"]).iters == 5
+    assert build_parser().parse_args(base).iters is None
+    for bad in ("0", "-1", "2.5"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(base + ["--iters", bad])
+        assert "is not a positive whole number" in capsys.readouterr().err
 
 
 def test_time_limit_must_be_positive(capsys):

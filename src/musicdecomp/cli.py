@@ -152,7 +152,7 @@ def cmd_train_musicslots(args):
 def cmd_eval_musicslots(args):
     from musicdecomp.eval.musicslots import evaluate_run
     evaluate_run(args.run_dir, args.data_dir, args.out, args.figure, device=args.device, tracking=_tracking(args),
-                 checkpoint=args.checkpoint)
+                 checkpoint=args.checkpoint, iters=args.iters)
 
 
 def cmd_train_baseline(args):
@@ -187,6 +187,12 @@ def cmd_config(args):
     without PyYAML: python -m musicdecomp train-musicslots --config "$(cat cfg.json)" ..."""
     params = load_params(args.params)
     print(to_json(step_config(params, args.name.replace("-", "_"), args.dataset, args.variant, args.seed)))
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def _positive_minutes(text: str) -> float:
@@ -308,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--figure")
     sp.add_argument("--checkpoint", help="evaluate this checkpoint instead of <run-dir>/best.pt, e.g. the "
                                          "ckpt/best.pt of a run that has not finished")
+    sp.add_argument("--iters", type=_positive_int, help="Slot Attention iterations at test time (default: as "
+                                                        "trained; the official eval.py's --test_time_iter)")
     sp = add("train-baseline", cmd_train_baseline, "train (or resume) one baseline run (vae-kl<w> or cnn)")
     add_training(sp, "the baseline: vae-kl<weight> (vae-kl0.0 = autoencoder) or cnn")
     sp = add("probe", cmd_probe, "note-property accuracies of a trained run (linear probes; the CNN directly)")

@@ -18,9 +18,12 @@ log = get_logger("eval")
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path, out_png: str | Path | None = None,
-                 device: str = "auto", tracking: dict | None = None, checkpoint: str | Path | None = None) -> dict:
+                 device: str = "auto", tracking: dict | None = None, checkpoint: str | Path | None = None,
+                 iters: int | None = None) -> dict:
     """Test-set metrics of the run's ``best.pt``, or of ``checkpoint`` (e.g. ``ckpt/best.pt`` of a run that
-    stopped at its time limit; the result then names that checkpoint)."""
+    stopped at its time limit; the result then names that checkpoint). ``iters``: Slot Attention iterations at
+    test time instead of the trained number (the official eval.py's ``--test_time_iter``); the result records
+    it as ``test_iters``."""
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     dev = pick_device(device)
     test = load_split(data_dir / "test.pt", dev)
@@ -28,16 +31,18 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path
     cfg = state["config"]
     model = build_model(cfg["model"], tuple(test.chord_db.shape[-2:])).to(dev)
     model.load_state_dict(state["model"])
+    if iters is not None:
+        model.slot_attention.iters = iters
     res = evaluate(model, test, dev, cfg["train"]["amp"], cfg["train"]["eval_batch_size"], seed=0)
     out = {"run_name": cfg["run_name"], "dataset": cfg["dataset"], "variant": cfg["variant"], "seed": cfg["seed"],
-           "model": cfg["model"], "best_step": state["step"],
+           "model": cfg["model"], "best_step": state["step"], "test_iters": model.slot_attention.iters,
            **({} if checkpoint is None else {"checkpoint": str(checkpoint)}),
            "val": {k: v for k, v in state["val"].items() if k != "score"},
            "test": {"note_mse": res["note_mse"], "miou": res["miou"], "recon_mse": res["recon_mse"],
                     "examples": res["examples"]}}
     write_json(out_json, out)
-    log.info("%s test: note MSE %.3f, mIoU %.4f (%d examples, best step %d)", cfg["run_name"], res["note_mse"],
-             res["miou"], res["examples"], state["step"])
+    log.info("%s test: note MSE %.3f, mIoU %.4f (%d examples, best step %d, %d iterations)", cfg["run_name"],
+             res["note_mse"], res["miou"], res["examples"], state["step"], model.slot_attention.iters)
     if out_png is not None:
         plot_decomposition(model, test, dev, out_png, cfg["run_name"])
     log_to_training_run(run_dir, tracking, {"test/note_mse": res["note_mse"], "test/miou": res["miou"]},
