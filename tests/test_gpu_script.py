@@ -43,8 +43,8 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
     # the other half runs anywhere from the stage alone (here: another folder, like the GPU machine)
     out = tmp_path / "out1"
     script("run", "--stage", stage, "--out", out, "--work", tmp_path / "machine1", "--budget", 600, "--train-seconds",
-           4, "--device", "cpu", "--bench-small", "--bench-steps", 1, "--keep-last", "--part-mib", 0.05, "--side-by-side",
-           cwd=tmp_path)
+           4, "--device", "cpu", "--bench-small", "--bench-steps", 1, "--keep-last", "--part-mib", 0.05,
+           "--side-by-side", cwd=tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     bench = summary["benchmark"]
     assert bench["model"] == "small" and bench["profile"]["top"]

@@ -225,7 +225,8 @@ def test_table1_aggregates_seeds(tmp_path):
     tex = (tmp_path / "t.tex").read_text().splitlines()
     rows_tex = [line for line in tex if line.endswith("\\\\")]
     assert all(line.count(" & ") == 7 for line in rows_tex[:3])  # header + 2 variants, 8 columns
-    assert "jsb\\_multi & none & 1 & yes & 7 & 2 & $\\mathbf{12.00 \\pm 2.83}$ & $\\mathbf{0.850 \\pm 0.071}$ \\\\" in tex
+    assert ("jsb\\_multi & none & 1 & yes & 7 & 2 & $\\mathbf{12.00 \\pm 2.83}$ & $\\mathbf{0.850 \\pm 0.071}$ "
+            "\\\\") in tex
     assert "jsb\\_multi & softmax & 1 & yes & 7 & 1 & $30.00$ & $0.500$ \\\\" in tex  # one seed: no std, not best
     assert rows_tex[-1].startswith("\\multicolumn{6}{l}{paper") and "$13.47$ & $0.91$" in rows_tex[-1]
     assert tex[0].startswith("%") and "\\toprule" in tex and "\\bottomrule" in tex

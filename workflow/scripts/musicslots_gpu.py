@@ -13,12 +13,13 @@ There (the stage folder, ``src/``, ``benchmarks/`` and this script travel), with
 ``run`` rebuilds the dataset from the 10 MB of rendered notes (the features step), measures the training
 throughput alone on the device for the staged variants' models with every combination of the training's speed
 options (benchmarks/musicslots_throughput.py --speed; ``--speed auto`` then trains each variant with the fastest
-one, if it beats the defaults by 3 %), trains the staged variants one after the other (``--side-by-side``: at
-the same time) with ``--time-limit`` so that they stop at a checkpoint before the budget ends (or finish),
-evaluates each one's best checkpoint on the test split, and writes into ``--out``: ``summary.json`` (steps, throughput, validation and test
-metrics per run), the throughput record, and per run a tar of its folder (best checkpoint, metrics.jsonl, curves,
-test.json/png, logs). ``--keep-last`` adds ckpt/last.pt (weights, optimiser, random streams: 42 MB at paper size),
-and files over ``--part-mib`` are split into numbered parts, since a file brought back is at most 16 MiB.
+one, if it beats the defaults by 3 %), trains the staged variants one after the other (``--side-by-side``: at the
+same time) with ``--time-limit`` so that they stop at a checkpoint before the budget ends (or finish), evaluates
+each one's best checkpoint on the test split, and writes into ``--out``: ``summary.json`` (steps, throughput,
+validation and test metrics per run), the throughput record, and per run a tar of its folder (best checkpoint,
+metrics.jsonl, curves, test.json/png, logs). ``--keep-last`` adds ckpt/last.pt (weights, optimiser, random
+streams: 42 MB at paper size), and files over ``--part-mib`` are split into numbered parts, since a file brought
+back is at most 16 MiB.
 
 A stopped run continues with the same command where its folder still exists (a machine kept warm), or on a fresh
 machine from a checkpoint brought back:

@@ -213,7 +213,8 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
     copy_file(best_path, run_dir / "best.pt")
     wall = time.perf_counter() - t_start
     summary = {"run_name": cfg["run_name"], "steps": step, "best_step": best_step, "best_val_score": best,
-               "device": device_name, "speed": speed, "wall_seconds": elapsed + wall, "steps_per_second": steps_here / max(wall, 1e-9),
+               "device": device_name, "speed": speed, "wall_seconds": elapsed + wall,
+               "steps_per_second": steps_here / max(wall, 1e-9),
                "parameters": sum(p.numel() for p in model.parameters()), "mlflow_run_id": tracker.run_id}
     plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", cfg["run_name"])
     tracker.artifact(run_dir / "curves.png")
