@@ -138,8 +138,7 @@ def _speed(args) -> dict:
     unknown = sorted(set(named) - set(SPEED_OPTIONS))
     if unknown:
         raise UserError(f"${SPEED_ENV} names unknown speed options {unknown}; known: {', '.join(SPEED_OPTIONS)}")
-    return {"channels_last": args.channels_last or "channels_last" in named,
-            "cudnn_benchmark": args.cudnn_benchmark or "cudnn_benchmark" in named}
+    return {name: getattr(args, name) or name in named for name in SPEED_OPTIONS}
 
 
 def cmd_train_musicslots(args):

@@ -291,6 +291,8 @@ def main() -> None:
     sp.add_argument("--to", required=True)
     sp.set_defaults(func=unpack)
     args = p.parse_args()
+    if args.cmd == "run" and len(args.speed) > 1 and {"auto", "none"} & set(args.speed):
+        p.error("--speed takes auto, none, or option names, not a mix")
     args.func(args)
 
 

@@ -52,7 +52,7 @@ def train_baseline(cfg: dict, data_dir: str | Path, run_dir: str | Path, device:
     """``cfg``: {run_name, dataset, baseline, seed, kind (vae|cnn), kld_weight, model, train}; ``speed`` as for
     MusicSlots (musicdecomp.train.loop)."""
     tc = cfg["train"]
-    dev, train, valid = prepare(cfg, data_dir, device, threads, speed)
+    dev, train, valid = prepare(cfg, data_dir, device, threads)
     n_p, n_i = len(train.pitches), len(train.programs)
     model = build_baseline(cfg, n_p, n_i, tuple(train.chord_db.shape[-2:])).to(dev)
     w = cfg.get("kld_weight", 0.0)

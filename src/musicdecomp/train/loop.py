@@ -66,17 +66,13 @@ def check_speed(speed: dict | None) -> dict:
     return {k: bool(speed.get(k, False)) for k in SPEED_OPTIONS}
 
 
-def prepare(cfg: dict, data_dir: str | Path, device: str, threads: int | None, speed: dict | None = None):
-    """Device, CPU threads, cuDNN autotuning (``speed``), the run's seed, and its train/valid splits loaded onto
-    the device."""
+def prepare(cfg: dict, data_dir: str | Path, device: str, threads: int | None):
+    """Device, CPU threads, the run's seed, and its train/valid splits loaded onto the device."""
     from musicdecomp.data.datasets import load_split
 
-    speed = check_speed(speed)
     dev = pick_device(device)
     if threads and dev.type == "cpu":
         torch.set_num_threads(threads)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = speed["cudnn_benchmark"]
     torch.manual_seed(cfg["seed"])
     return dev, load_split(Path(data_dir) / "train.pt", dev), load_split(Path(data_dir) / "valid.pt", dev)
 
@@ -113,12 +109,14 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
     checkpoint_every, checkpoint_minutes, steps). ``stop_after`` ends the call after that many steps in all,
     as if killed right after a checkpoint (for tests); ``time_limit`` ends it at the first step after that many
     seconds of this call, with a checkpoint. Either way the call returns ``{"stopped_at": step}``. ``speed``: see
-    the module docstring (``prepare`` applies ``cudnn_benchmark``).
+    the module docstring.
     """
     run_dir = Path(run_dir)
     speed = check_speed(speed)
     if speed["channels_last"]:
         model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = speed["cudnn_benchmark"]
     opt = torch.optim.Adam(model.parameters(), lr=tc["lr"], fused=device.type == "cuda")
     data_gen = torch.Generator(device=device).manual_seed(cfg["seed"])
     noise_gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 1)

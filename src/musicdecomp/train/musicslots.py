@@ -62,7 +62,7 @@ def train_musicslots(cfg: dict, data_dir: str | Path, run_dir: str | Path, devic
     (musicdecomp.sweep.train_config); ``tracking``: {mlflow_uri, experiment} or None (metrics.jsonl only);
     ``speed``: {channels_last, cudnn_benchmark} (musicdecomp.train.loop)."""
     tc = cfg["train"]
-    dev, train, valid = prepare(cfg, data_dir, device, threads, speed)
+    dev, train, valid = prepare(cfg, data_dir, device, threads)
     model = build_model(cfg["model"], tuple(train.chord_db.shape[-2:])).to(dev)
 
     def sample(gen):
