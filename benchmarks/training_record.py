@@ -27,6 +27,7 @@ def run_record(run_dir: Path) -> dict:
     return {"run_name": progress["run_name"], "steps": progress["step"], "of_steps": progress["steps"],
             "steps_per_second_last_call": round(progress["steps_per_second"], 2),
             "training_wall_seconds": round(progress["wall_seconds"], 1), "device": progress["device"],
+            "speed_options_last_call": sorted(k for k, on in progress.get("speed", {}).items() if on),
             "best_step": test["best_step"], "test": {k: round(test["test"][k], 4) for k in ("note_mse", "miou")},
             "validation": val}
 

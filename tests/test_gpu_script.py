@@ -96,6 +96,51 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
         assert f"{variant}/ckpt/last.pt" not in names and f"{variant}/ckpt/best.pt" in names
         assert f"from step {stopped_at[variant]}" in train_log and "model selection starts again" in train_log
 
+    # bringing the second part back into the first's folder: selection spans both parts, nothing stale stays
+    first_best = {v: gpu.read_best(back / v / "ckpt/best.pt") for v in VARIANTS}
+    script("unpack", "--from", out2, "--to", back, cwd=tmp_path)
+    for variant in VARIANTS:
+        run, second = back / variant, summary["runs"][variant]
+        score, step = gpu.read_best(run / "ckpt/best.pt")
+        assert score == max(first_best[variant][0], second["progress"]["best_val_score"])
+        assert json.loads((run / "test.json").read_text())["best_step"] == step
+        progress = json.loads((run / "progress.json").read_text())
+        assert progress["step"] == second["progress"]["step"] and progress["best_step"] == step
+        assert not (run / "ckpt/last.pt").exists()  # the first part's checkpoint is older than this progress
+    assert not list(back.glob(".unpack-*"))
+
+
+def _part(folder, step, best_step, score, *, last=True):
+    """A run folder as brought back: progress, best checkpoint, its test evaluation (and ckpt/last.pt)."""
+    (folder / "ckpt").mkdir(parents=True)
+    (folder / "progress.json").write_text(json.dumps({"step": step, "steps": 100, "best_step": best_step,
+                                                      "best_val_score": score}))
+    torch.save({"model": {}, "config": {}, "step": best_step, "val": {"score": score}}, folder / "ckpt/best.pt")
+    (folder / "test.json").write_text(json.dumps({"best_step": best_step}))
+    (folder / "test.png").write_bytes(f"figure of step {best_step}".encode())
+    if last:
+        torch.save({"step": step}, folder / "ckpt/last.pt")
+    return folder
+
+
+def test_unpack_keeps_the_better_best_checkpoint_across_parts(tmp_path):
+    dst = _part(tmp_path / "runs/none", step=40, best_step=30, score=0.9)
+    gpu.place_run(_part(tmp_path / "in1/none", step=80, best_step=60, score=0.8), dst)  # continued, worse
+    assert gpu.read_best(dst / "ckpt/best.pt") == (0.9, 30)
+    assert json.loads((dst / "test.json").read_text())["best_step"] == 30
+    assert (dst / "test.png").read_text() == "figure of step 30"
+    progress = json.loads((dst / "progress.json").read_text())
+    assert (progress["step"], progress["best_step"], progress["best_val_score"]) == (80, 30, 0.9)
+    assert torch.load(dst / "ckpt/last.pt", weights_only=True)["step"] == 80
+
+    gpu.place_run(_part(tmp_path / "in2/none", step=100, best_step=95, score=0.95), dst)  # better: it replaces
+    assert gpu.read_best(dst / "ckpt/best.pt") == (0.95, 95)
+    assert json.loads((dst / "test.json").read_text())["best_step"] == 95
+
+    gpu.place_run(_part(tmp_path / "in3/none", step=50, best_step=50, score=0.99), dst)  # an older part
+    assert json.loads((dst / "progress.json").read_text())["step"] == 100
+    assert (tmp_path / "in3/none").exists()  # left where it was
+
 
 def test_speed_options_follow_the_benchmark():
     assert gpu.SPEED_OPTIONS == SPEED_OPTIONS  # the script runs without importing musicdecomp

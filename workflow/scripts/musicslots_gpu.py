@@ -27,8 +27,9 @@ machine from a checkpoint brought back:
     python workflow/scripts/musicslots_gpu.py unpack --from <folder of the files> --to results/gpu_runs
     python workflow/scripts/musicslots_gpu.py prepare ... --runs results/gpu_runs   # stages each ckpt/last.pt
 
-Only ckpt/last.pt travels back (52 MB with the stage, under a call's 64 MiB): the continued run's model
-selection starts again at its next validation.
+Only ckpt/last.pt travels there (52 MB with the stage, under a call's 64 MiB), so the continued run's model selection
+starts again at its next validation; ``unpack`` into the folder of the earlier part keeps the earlier best
+checkpoint (and its test evaluation) when it scored higher, so selection spans the whole run.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -238,23 +240,72 @@ def split_large(path: Path, part_bytes: int) -> None:
 
 
 def unpack(args) -> None:
-    """Join split tars, then extract every tar of ``--from`` into ``--to`` (one folder per run)."""
+    """Join split tars, then extract every tar of ``--from`` into ``--to`` (one folder per run, see place_run)."""
     src, dst = Path(args.source), Path(args.to)
     dst.mkdir(parents=True, exist_ok=True)
     tars = set(src.glob("*.tar")) | {p.with_name(p.name.rsplit(".part", 1)[0]) for p in src.glob("*.tar.part*")}
     for tar_path in sorted(tars):
         parts = sorted(src.glob(f"{tar_path.name}.part*"))
-        if parts:
-            joined = dst / tar_path.name
-            with open(joined, "wb") as f:
-                for part in parts:
-                    f.write(part.read_bytes())
-            tar_path = joined
-        with tarfile.open(tar_path) as tar:
-            tar.extractall(dst, filter="data")
-        if parts:
-            tar_path.unlink()
-        print(f"{tar_path.name} -> {dst / tar_path.name.removesuffix('.tar')}")
+        with tempfile.TemporaryDirectory(dir=dst, prefix=".unpack-") as tmp:
+            if parts:
+                joined = Path(tmp) / tar_path.name
+                with open(joined, "wb") as f:
+                    for part in parts:
+                        f.write(part.read_bytes())
+                tar_path = joined
+            with tarfile.open(tar_path) as tar:
+                tar.extractall(Path(tmp) / "runs", filter="data")
+            for run_dir in sorted((Path(tmp) / "runs").iterdir()):
+                place_run(run_dir, dst / run_dir.name)
+
+
+def read_best(path: Path) -> tuple[float, int]:
+    """(validation score, step) of a best-model file."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return float(state["val"]["score"]), int(state["step"])
+
+
+def place_run(new: Path, dst: Path) -> None:
+    """Move a run folder brought back to ``dst``. Where ``dst`` already holds an earlier part of the same run (an
+    earlier session), the new folder replaces it (a stale ckpt/last.pt must not survive beside a newer progress.json),
+    but model selection spans both parts: a continued run starts selecting again on the GPU machine, since only
+    ckpt/last.pt travels there, so the earlier best checkpoint is kept, with its test evaluation, when its validation
+    score is higher."""
+    name = dst.name
+    if dst.exists():
+        step_new, step_old = (json.loads((d / "progress.json").read_text())["step"] for d in (new, dst))
+        if step_new < step_old:
+            print(f"{name}: skipped, {dst} is further on (step {step_old} > {step_new})")
+            return
+        old_best = dst / "ckpt/best.pt"
+        if old_best.exists():
+            new_best = new / "ckpt/best.pt"
+            score_old, at_old = read_best(old_best)
+            score_new, at_new = read_best(new_best) if new_best.exists() else (float("-inf"), -1)
+            if score_old > score_new:
+                new_best.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(old_best, new_best)
+                if (new / "best.pt").exists():  # a finished run's published best model
+                    shutil.copyfile(old_best, new / "best.pt")
+                for evaluated in ("test.json", "test.png"):  # the test evaluation of the kept checkpoint
+                    (new / evaluated).unlink(missing_ok=True)
+                    if (dst / evaluated).exists():
+                        shutil.copyfile(dst / evaluated, new / evaluated)
+                for summary in ("progress.json", "train.json"):
+                    if (new / summary).exists():
+                        record = json.loads((new / summary).read_text())
+                        record.update(best_val_score=score_old, best_step=at_old)
+                        (new / summary).write_text(json.dumps(record, indent=2))
+                print(f"{name}: kept the earlier best checkpoint (step {at_old}, validation score {score_old:.4f}; "
+                      f"this part's best: {score_new:.4f} at step {at_new})")
+        shutil.rmtree(dst)
+    shutil.move(new, dst)
+    progress = json.loads((dst / "progress.json").read_text())
+    print(f"{name} -> {dst} (step {progress['step']} of {progress['steps']})")
+    if not (dst / "ckpt/last.pt").exists() and not (dst / "train.json").exists():
+        print(f"{name}: no ckpt/last.pt came back, so this run cannot be continued elsewhere (run with --keep-last)")
 
 
 def main() -> None:
