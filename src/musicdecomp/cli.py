@@ -90,6 +90,19 @@ def cmd_eval_codec(args):
                    args.table_csv, args.table_md, args.figure, args.audio_dir, device=args.device)
 
 
+def cmd_ingest_run(args):
+    from musicdecomp.train.ingest import ingest_run
+    tracking = _tracking(args)
+    if tracking is None:
+        configured = load_params(args.params).get("tracking", {})
+        if not configured.get("mlflow_uri"):
+            raise UserError(f"tracking is off in {' '.join(args.params)} (tracking.mlflow_uri: null): pass "
+                            f"--tracking-uri, e.g. sqlite:///results/mlflow/mlflow.db")
+        tracking = {"mlflow_uri": configured["mlflow_uri"],
+                    "experiment": configured.get("experiment", args.experiment)}
+    ingest_run(args.run_dir, tracking, args.artifacts)
+
+
 def cmd_mlflow_init(args):
     from musicdecomp.train.tracking import init_experiment
     init_experiment(args.tracking_uri, args.experiment, args.artifacts, args.out)
@@ -282,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_tracking(sp)
     sp.add_argument("--artifacts", required=True, help="artifact folder for the experiment")
     sp.add_argument("--out", required=True, help="JSON file recording the experiment")
+    sp = add("ingest-run", cmd_ingest_run, "log a run trained without MLflow (its run folder) into the experiment")
+    sp.add_argument("--run-dir", required=True, help="a run folder, e.g. results/gpu_runs/none-t1-imp_true-k7")
+    add_tracking(sp)
+    sp.add_argument("--artifacts", default="results/mlflow/artifacts",
+                    help="artifact folder, if the experiment has to be created")
+
     def add_training(sp, variant_help):
         sp.add_argument("--dataset", required=True)
         sp.add_argument("--variant", required=True, help=variant_help)

@@ -37,7 +37,8 @@ class Tracker:
             try:
                 import mlflow
             except ImportError:
-                log.warning("mlflow is not installed: metrics go to %s only (ingest them later)", self.path)
+                log.warning("mlflow is not installed: metrics go to %s only (log them later: musicdecomp ingest-run "
+                            "--run-dir %s)", self.path, self.path.parent)
             else:
                 mlflow.set_tracking_uri(tracking["mlflow_uri"])
                 exp = mlflow.get_experiment_by_name(tracking["experiment"])

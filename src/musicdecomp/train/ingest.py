@@ -1,0 +1,124 @@
+"""Log a run trained without MLflow (a bare GPU machine, ``workflow/scripts/musicslots_gpu.py``) into the
+project's MLflow experiment after the fact, from its run folder: the resolved config as params, every line of
+``metrics.jsonl`` at its step, the test metrics, and the best checkpoint, curves, test figure and logs as artifacts.
+
+The MLflow run is named after the run (``jsb_multi/none-t1-imp_true-k7/seed0``), like the pipeline's own, and
+tagged ``musicdecomp.ingested`` with that name. A run that is not finished (stopped at a time limit) ends as
+KILLED, as the pipeline marks its own stopped runs. Ingesting the folder again, e.g. after the run was continued,
+replaces the earlier ingested run, so the experiment holds each run once; runs the pipeline logged itself are never
+touched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from musicdecomp.errors import UserError
+from musicdecomp.logs import get_logger
+from musicdecomp.train.tracking import flat_params
+
+log = get_logger("ingest")
+
+TAG = "musicdecomp.ingested"
+BATCH = 1000  # MLflow's limit of metrics per log_batch call
+ARTIFACTS = ("best.pt", "ckpt/best.pt", "train.json", "progress.json", "test.json", "test.png", "curves.png",
+             "train.log", "eval.log", "metrics.jsonl")
+
+
+def _read_json(path: Path, fix: str) -> dict:
+    if not path.exists():
+        raise UserError(f"{path} is missing: {fix}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}): {fix}") from None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` ({"step": int, name: value, ...})."""
+    if not path.exists():
+        raise UserError(f"{path} is missing: is this a training run folder (config.json, metrics.jsonl)?")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            int(row["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise UserError(f"{path}, line {i}: not a metrics row with a step; the file is damaged (bring the run "
+                            f"folder back again)") from None
+        rows.append(row)
+    return rows
+
+
+def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path = "results/mlflow/artifacts") -> str:
+    """Log ``run_dir`` as one MLflow run of ``tracking["experiment"]`` at ``tracking["mlflow_uri"]`` (created if
+    missing, with ``artifacts`` as its artifact folder). Returns the new run's id."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a folder: give a run folder (e.g. one that musicslots_gpu.py unpack "
+                        f"wrote)")
+    cfg = _read_json(run_dir / "config.json", "is this a training run folder (config.json, metrics.jsonl)?")
+    if "run_name" not in cfg:
+        raise UserError(f"{run_dir / 'config.json'} has no run_name: is this a training run folder?")
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    progress, test = ({} if not (run_dir / name).exists() else _read_json(run_dir / name, fix) for name, fix in (
+        ("progress.json", "train the run again to its next checkpoint"),
+        ("test.json", "evaluate the run again (eval-musicslots)")))
+    finished = (run_dir / "train.json").exists()
+    try:
+        import mlflow
+        from mlflow.entities import Metric, Param
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise UserError("mlflow is not installed in this environment: pip install -e . (or pip install "
+                        "mlflow) and ingest again") from None
+
+    uri, name = tracking["mlflow_uri"], cfg["run_name"]
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(tracking["experiment"])
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        tracking["experiment"], artifact_location=Path(artifacts).resolve().as_uri())
+    for old in client.search_runs([exp_id], filter_string=f"tags.`{TAG}` = '{name}'"):
+        client.delete_run(old.info.run_id)
+        log.info("replacing the earlier ingested MLflow run %s of %s", old.info.run_id, name)
+
+    tags = {TAG: name, "musicdecomp.ingested_from": str(run_dir.resolve()),
+            "musicdecomp.device": progress.get("device", "unknown"),
+            "musicdecomp.speed": ",".join(k for k, on in progress.get("speed", {}).items() if on) or "default"}
+    run = client.create_run(exp_id, run_name=name, tags=tags)
+    run_id = run.info.run_id
+    try:
+        params = flat_params(cfg)
+        items = list(params.items())
+        for i in range(0, len(items), 100):  # MLflow's limit of params per batch
+            client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
+        now = int(time.time() * 1000)
+        metrics = [Metric(k.replace("@", "_at_"), float(v), now, int(r["step"]))
+                   for r in rows for k, v in r.items() if k != "step"]
+        if test.get("test"):
+            at = int(test.get("best_step", progress.get("step", 0)))
+            metrics += [Metric(f"test/{k}", float(test["test"][k]), now, at)
+                        for k in ("note_mse", "miou") if k in test["test"]]
+        for i in range(0, len(metrics), BATCH):
+            client.log_batch(run_id, metrics=metrics[i:i + BATCH])
+        if not (run_dir / "curves.png").exists() and rows:
+            from musicdecomp.train.loop import plot_curves
+            plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", name)
+        for rel in ARTIFACTS:
+            if (run_dir / rel).exists():
+                client.log_artifact(run_id, str(run_dir / rel), str(Path(rel).parent) if "/" in rel else None)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED" if finished else "KILLED")
+    steps = progress.get("step", max((int(r["step"]) for r in rows), default=0))
+    log.info("%s -> MLflow run %s in experiment %s (%d metric values up to step %d, %s)", run_dir, run_id,
+             tracking["experiment"], len(metrics), steps, "finished" if finished else "not finished")
+    return run_id
