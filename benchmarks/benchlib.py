@@ -32,8 +32,12 @@ def device_name(device: torch.device) -> str:
 
 def write_record(out_dir: str | Path, prefix: str, name: str, record: dict) -> Path:
     """``<out_dir>/<prefix>_<device slug>.json``; returns its path."""
-    slug = "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).strip("_").lower()
-    out = Path(out_dir) / f"{prefix}_{slug}.json"
+    out = Path(out_dir) / f"{prefix}_{device_slug(name)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     return out
+
+
+def device_slug(name: str) -> str:
+    """The device part of a record's file name: "NVIDIA H100 80GB HBM3" -> "nvidia_h100_80gb_hbm3"."""
+    return "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).strip("_").lower()

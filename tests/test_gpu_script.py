@@ -42,9 +42,9 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
 
     # the other half runs anywhere from the stage alone (here: another folder, like the GPU machine)
     out = tmp_path / "out1"
-    script("run", "--stage", stage, "--out", out, "--work", tmp_path / "machine1", "--budget", 600, "--train-seconds",
-           4, "--device", "cpu", "--bench-small", "--bench-steps", 1, "--keep-last", "--part-mib", 0.05,
-           "--side-by-side", cwd=tmp_path)
+    script("run", "--stage", stage, "--out", out, "--work", tmp_path / "machine1", "--budget", 1200, "--train-seconds",
+           4, "--device", "cpu", "--bench-small", "--bench-steps", 1, "--bench-seconds", 600, "--keep-last",
+           "--part-mib", 0.05, "--side-by-side", cwd=tmp_path)  # a loaded CPU may take minutes to benchmark
     summary = json.loads((out / "summary.json").read_text())
     bench = summary["benchmark"]
     assert bench["model"] == "small" and bench["profile"]["top"]
@@ -154,3 +154,15 @@ def test_speed_options_follow_the_benchmark():
     assert gpu.speed_options(["auto"], {}, "none", 1) == []  # no benchmark
     assert gpu.speed_options(["none"], bench, "none", 1) == []
     assert gpu.speed_options(["cudnn_benchmark"], bench, "softmax", 1) == ["cudnn_benchmark"]
+
+
+def test_a_recorded_benchmark_of_the_same_gpu_replaces_measuring(tmp_path):
+    h100 = "NVIDIA H100 80GB HBM3"
+    record = gpu.recorded_benchmark(REPO / "benchmarks", h100, {("none", 1)})  # the one in the repository
+    assert record["file"] == "musicslots_throughput_speed_nvidia_h100_80gb_hbm3.json"
+    assert record["device"] == h100 and gpu.speed_options(["auto"], record, "none", 1)
+    assert gpu.recorded_benchmark(REPO / "benchmarks", h100, {("none", 1), ("softmax", 1)}) == {}  # not covered
+    assert gpu.recorded_benchmark(REPO / "benchmarks", "NVIDIA A100-SXM4-40GB", {("none", 1)}) == {}
+    (tmp_path / "musicslots_throughput_speed_nvidia_a100_sxm4_40gb.json").write_text(json.dumps({"best_speed": [
+        {"mask": "softmax", "time_stride": 2, "speedup": 1.2, "speed": {"channels_last": True}}]}))
+    assert gpu.recorded_benchmark(tmp_path, "NVIDIA A100-SXM4-40GB", {("softmax", 2)})["best_speed"]

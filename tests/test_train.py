@@ -198,6 +198,8 @@ def test_evaluation_output(tiny_run, tiny_params, tmp_path):
     assert ev["test"]["examples"] == n_test and ev["test"]["note_mse"] > 0 and 0 <= ev["test"]["miou"] <= 1
     assert json.loads((tmp_path / "t.json").read_text()) == ev
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    first = evaluate_run(tmp_path / "r", data, tmp_path / "t2.json", device="cpu", limit=2)["test"]
+    assert first["examples"] == 2 < n_test and first["note_mse"] != ev["test"]["note_mse"]
     assert ev["test_iters"] == tiny_params["musicslots"]["model"]["iters"]
     more = evaluate_run(tmp_path / "r", data, tmp_path / "t5.json", device="cpu", iters=5)  # official --test_time_iter
     assert more["test_iters"] == 5 and more["test"]["examples"] == n_test  # read back from the model evaluated

@@ -164,7 +164,7 @@ def cmd_train_musicslots(args):
 def cmd_eval_musicslots(args):
     from musicdecomp.eval.musicslots import evaluate_run
     evaluate_run(args.run_dir, args.data_dir, args.out, args.figure, device=args.device, tracking=_tracking(args),
-                 checkpoint=args.checkpoint, iters=args.iters)
+                 checkpoint=args.checkpoint, iters=args.iters, limit=args.limit)
 
 
 def cmd_train_baseline(args):
@@ -334,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "ckpt/best.pt of a run that has not finished")
     sp.add_argument("--iters", type=_positive_int, help="Slot Attention iterations at test time (default: as "
                                                         "trained; the official eval.py's --test_time_iter)")
+    sp.add_argument("--limit", type=_positive_int, help="only the first N test examples (a quick check, e.g. of a "
+                                                        "GPU checkpoint on CPU: under 1 s per paper-size example)")
     sp = add("train-baseline", cmd_train_baseline, "train (or resume) one baseline run (vae-kl<w> or cnn)")
     add_training(sp, "the baseline: vae-kl<weight> (vae-kl0.0 = autoencoder) or cnn")
     sp = add("probe", cmd_probe, "note-property accuracies of a trained run (linear probes; the CNN directly)")

@@ -13,13 +13,14 @@ There (the stage folder, ``src/``, ``benchmarks/`` and this script travel), with
 ``run`` rebuilds the dataset from the 10 MB of rendered notes (the features step), measures the training
 throughput alone on the device for the staged variants' models with every combination of the training's speed
 options (benchmarks/musicslots_throughput.py --speed; ``--speed auto`` then trains each variant with the fastest
-one, if it beats the defaults by 3 %), trains the staged variants one after the other (``--side-by-side``: at the
-same time) with ``--time-limit`` so that they stop at a checkpoint before the budget ends (or finish), evaluates
-each one's best checkpoint on the test split, and writes into ``--out``: ``summary.json`` (steps, throughput,
-validation and test metrics per run), the throughput record, and per run a tar of its folder (best checkpoint,
-metrics.jsonl, curves, test.json/png, logs). ``--keep-last`` adds ckpt/last.pt (weights, optimiser, random
-streams: 42 MB at paper size), and files over ``--part-mib`` are split into numbered parts, since a file brought
-back is at most 16 MiB.
+one, if it beats the defaults by 3 %; a benchmark recorded in benchmarks/ for this GPU that covers the staged
+models is used instead of measuring again, unless ``--rebench``), trains the staged variants one after the other
+(``--side-by-side``: at the same time) with ``--time-limit`` so that they stop at a checkpoint before the budget
+ends (or finish), evaluates each one's best checkpoint on the test split, and writes into ``--out``:
+``summary.json`` (steps, throughput, validation and test metrics per run), the throughput record, and per run a tar
+of its folder (best checkpoint, metrics.jsonl, curves, test.json/png, logs). ``--keep-last`` adds ckpt/last.pt
+(weights, optimiser, random streams: 42 MB at paper size), and files over ``--part-mib`` are split into numbered
+parts, since a file brought back is at most 16 MiB.
 
 A stopped run continues with the same command where its folder still exists (a machine kept warm), or on a fresh
 machine from a checkpoint brought back:
@@ -96,8 +97,13 @@ def run(args) -> None:
     variants = [v for v in configs if v != "features"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MUSICDECOMP_PROGRESS": "0"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    gpu = None
     if shutil.which("nvidia-smi"):
-        subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
+        query = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True)
+        print(query.stdout.strip())
+        if query.returncode == 0 and query.stdout.strip():
+            gpu = query.stdout.split(",")[0].strip()
 
     data_dir = work / "data" / DATASET
     if not (data_dir / "summary.json").exists():
@@ -108,7 +114,11 @@ def run(args) -> None:
                                    "--out-dir", str(data_dir)), env=env, check=True)
 
     models = {v: (configs[v]["model"]["mask"], configs[v]["model"]["time_stride"]) for v in variants}
-    if args.bench_seconds > 0:
+    recorded = {} if args.rebench or gpu is None else recorded_benchmark(Path(args.records), gpu, set(models.values()))
+    if recorded:
+        log(f"speed options from the benchmark recorded for this GPU on {recorded.get('date')} ({recorded['file']}; "
+            f"--rebench measures again)", t0)
+    elif args.bench_seconds > 0:
         log("throughput benchmark (alone on the device)", t0)
         try:
             subprocess.run([sys.executable, str(ROOT / "benchmarks/musicslots_throughput.py"), "--steps",
@@ -120,7 +130,7 @@ def run(args) -> None:
         except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as e:
             log(f"benchmark did not complete: {e}", t0)
     bench = sorted(out.glob("musicslots_throughput*.json"))
-    bench = json.loads(bench[0].read_text()) if bench else {}
+    bench = recorded or (json.loads(bench[0].read_text()) if bench else {})
     speeds = {v: speed_options(args.speed, bench, *models[v]) for v in variants}
 
     train_end = t0 + args.budget - EVAL_RESERVE_S
@@ -204,6 +214,20 @@ def run(args) -> None:
 
 
 SPEED_MIN_GAIN = 1.03  # --speed auto keeps the defaults unless an option combination is this much faster
+
+
+def recorded_benchmark(records: Path, gpu: str, models: set[tuple[str, int]]) -> dict:
+    """The speed benchmark recorded in ``records`` for this GPU (benchmarks/musicslots_throughput_speed_<gpu>.json,
+    it travels with the repository) when it covers every (mask, stride) to train, else {}."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from benchlib import device_slug
+
+    path = records / f"musicslots_throughput_speed_{device_slug(gpu)}.json"
+    if not path.exists():
+        return {}
+    record = json.loads(path.read_text())
+    covered = {(best["mask"], best["time_stride"]) for best in record.get("best_speed", [])}
+    return {**record, "file": path.name} if models <= covered else {}
 
 
 def speed_options(requested: list[str], bench: dict, mask: str, stride: int) -> list[str]:
@@ -327,6 +351,10 @@ def main() -> None:
     sp.add_argument("--bench-steps", type=int, default=20)
     sp.add_argument("--bench-seconds", type=float, default=90, help="0 skips the benchmark")
     sp.add_argument("--bench-small", action="store_true", help="benchmark the 16-channel model (CPU checks)")
+    sp.add_argument("--records", default=str(ROOT / "benchmarks"),
+                    help="where speed benchmarks recorded per GPU are found: one for this GPU that covers the "
+                         "staged models is used instead of measuring")
+    sp.add_argument("--rebench", action="store_true", help="measure even when a recorded benchmark covers the run")
     sp.add_argument("--train-seconds", type=float, help="train this long (default: what the budget leaves)")
     sp.add_argument("--keep-last", action="store_true", help="bring back ckpt/last.pt to continue elsewhere")
     sp.add_argument("--side-by-side", action="store_true",

@@ -19,11 +19,12 @@ log = get_logger("eval")
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path, out_png: str | Path | None = None,
                  device: str = "auto", tracking: dict | None = None, checkpoint: str | Path | None = None,
-                 iters: int | None = None) -> dict:
+                 iters: int | None = None, limit: int | None = None) -> dict:
     """Test-set metrics of the run's ``best.pt``, or of ``checkpoint`` (e.g. ``ckpt/best.pt`` of a run that
     stopped at its time limit; the result then names that checkpoint). ``iters``: Slot Attention iterations at
     test time instead of the trained number (the official eval.py's ``--test_time_iter``); the result records
-    it as ``test_iters``."""
+    it as ``test_iters``. ``limit``: only the first ``limit`` test examples (a quick check; ``examples`` in the
+    result says how many)."""
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     dev = pick_device(device)
     test = load_split(data_dir / "test.pt", dev)
@@ -33,7 +34,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path
     model.load_state_dict(state["model"])
     if iters is not None:
         model.slot_attention.iters = iters
-    res = evaluate(model, test, dev, cfg["train"]["amp"], cfg["train"]["eval_batch_size"], seed=0)
+    res = evaluate(model, test, dev, cfg["train"]["amp"], cfg["train"]["eval_batch_size"], limit=limit, seed=0,
+                   bar=f"test {cfg['variant']}")
     out = {"run_name": cfg["run_name"], "dataset": cfg["dataset"], "variant": cfg["variant"], "seed": cfg["seed"],
            "model": cfg["model"], "best_step": state["step"], "test_iters": model.slot_attention.iters,
            **({} if checkpoint is None else {"checkpoint": str(checkpoint)}),

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from musicdecomp.eval.metrics import note_metrics
+from musicdecomp.logs import progress
 from musicdecomp.models.musicslots import MusicSlots
 from musicdecomp.train.loop import autocast, pick_device, prepare, run_training
 
@@ -24,17 +25,19 @@ def build_model(model_cfg: dict, size: tuple[int, int]) -> MusicSlots:
 
 @torch.no_grad()
 def evaluate(model: MusicSlots, data, device, amp: str, batch_size: int, limit: int | None = None,
-             seed: int = 0, keep_slots: bool = False) -> dict:
+             seed: int = 0, keep_slots: bool = False, bar: str | None = None) -> dict:
     """Note MSE / mIoU (and the reconstruction MSE) over ``data`` (its first ``limit`` examples).
 
     With ``keep_slots``, also the slot vectors (N, K, D) and the MSE matching of notes to slots (N, V).
+    ``bar``: show a progress bar with this label (a test evaluation on CPU takes minutes).
     """
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     n = len(data) if limit is None else min(limit, len(data))
     mse, iou, rec, matches, slots = [], [], [], [], []
-    for start in range(0, n, batch_size):
+    starts = range(0, n, batch_size)
+    for start in starts if bar is None else progress(starts, desc=bar, unit="batch"):
         idx = torch.arange(start, min(start + batch_size, n), device=device)
         b = data.batch(idx)
         with autocast(device, amp):
