@@ -2,6 +2,7 @@
 from its run folder, once per run even when ingested again after it was continued."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -52,6 +53,11 @@ def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, 
     assert [m.step for m in client.get_metric_history(second, "val/miou")] == [2, 4, 6]
     assert {"best.pt", "train.json", "test.png"} <= {a.path for a in client.list_artifacts(second)}
     assert client.get_run(first).info.lifecycle_stage == "deleted"
+
+    # another folder of the same run (another attempt, another machine) is another MLflow run
+    shutil.copytree(run, tmp_path / "attempt2")
+    third = ingest_run(tmp_path / "attempt2", tracking, tmp_path / "artifacts")
+    assert set(mlflow.search_runs(experiment_names=["gpu"])["run_id"]) == {second, third}
 
 
 def test_ingest_errors_name_the_file(tmp_path):

@@ -3,10 +3,11 @@ project's MLflow experiment after the fact, from its run folder: the resolved co
 ``metrics.jsonl`` at its step, the test metrics, and the best checkpoint, curves, test figure and logs as artifacts.
 
 The MLflow run is named after the run (``jsb_multi/none-t1-imp_true-k7/seed0``), like the pipeline's own, and
-tagged ``musicdecomp.ingested`` with that name. A run that is not finished (stopped at a time limit) ends as
-KILLED, as the pipeline marks its own stopped runs. Ingesting the folder again, e.g. after the run was continued,
-replaces the earlier ingested run, so the experiment holds each run once; runs the pipeline logged itself are never
-touched.
+tagged ``musicdecomp.ingested`` with that name and ``musicdecomp.ingested_from`` with the folder. A run that is
+not finished (stopped at a time limit) ends as KILLED, as the pipeline marks its own stopped runs. Ingesting the
+same folder again, e.g. after the run was continued and brought back into it, replaces the MLflow run ingested from
+it earlier, so the experiment holds each run once; another folder of the same run name (another attempt, another
+machine) is another MLflow run, and runs the pipeline logged itself are never touched.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from musicdecomp.train.tracking import flat_params
 log = get_logger("ingest")
 
 TAG = "musicdecomp.ingested"
+SOURCE_TAG = "musicdecomp.ingested_from"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 ARTIFACTS = ("best.pt", "ckpt/best.pt", "train.json", "progress.json", "test.json", "test.png", "curves.png",
              "train.log", "eval.log", "metrics.jsonl")
@@ -85,11 +87,13 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path = "res
     exp = client.get_experiment_by_name(tracking["experiment"])
     exp_id = exp.experiment_id if exp else client.create_experiment(
         tracking["experiment"], artifact_location=Path(artifacts).resolve().as_uri())
+    source = str(run_dir.resolve())
     for old in client.search_runs([exp_id], filter_string=f"tags.`{TAG}` = '{name}'"):
-        client.delete_run(old.info.run_id)
-        log.info("replacing the earlier ingested MLflow run %s of %s", old.info.run_id, name)
+        if old.data.tags.get(SOURCE_TAG) == source:
+            client.delete_run(old.info.run_id)
+            log.info("replacing the MLflow run %s ingested from %s earlier", old.info.run_id, source)
 
-    tags = {TAG: name, "musicdecomp.ingested_from": str(run_dir.resolve()),
+    tags = {TAG: name, SOURCE_TAG: source,
             "musicdecomp.device": progress.get("device", "unknown"),
             "musicdecomp.speed": ",".join(k for k, on in progress.get("speed", {}).items() if on) or "default"}
     run = client.create_run(exp_id, run_name=name, tags=tags)
