@@ -18,7 +18,7 @@ from pathlib import Path
 
 from musicdecomp.errors import UserError
 from musicdecomp.logs import get_logger
-from musicdecomp.train.tracking import flat_params
+from musicdecomp.train.tracking import ensure_experiment, flat_params, metric_key
 
 log = get_logger("ingest")
 
@@ -72,21 +72,15 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path = "res
         ("test.json", "evaluate the run again (eval-musicslots)")))
     finished = (run_dir / "train.json").exists()
     try:
-        import mlflow
         from mlflow.entities import Metric, Param
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise UserError("mlflow is not installed in this environment: pip install -e . (or pip install "
                         "mlflow) and ingest again") from None
 
-    uri, name = tracking["mlflow_uri"], cfg["run_name"]
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
+    name = cfg["run_name"]
+    exp_id = ensure_experiment(tracking["mlflow_uri"], tracking["experiment"], artifacts)
     client = MlflowClient()
-    exp = client.get_experiment_by_name(tracking["experiment"])
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        tracking["experiment"], artifact_location=Path(artifacts).resolve().as_uri())
     source = str(run_dir.resolve())
     for old in client.search_runs([exp_id], filter_string=f"tags.`{TAG}` = '{name}'"):
         if old.data.tags.get(SOURCE_TAG) == source:
@@ -104,7 +98,7 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path = "res
         for i in range(0, len(items), 100):  # MLflow's limit of params per batch
             client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
         now = int(time.time() * 1000)
-        metrics = [Metric(k.replace("@", "_at_"), float(v), now, int(r["step"]))
+        metrics = [Metric(metric_key(k), float(v), now, int(r["step"]))
                    for r in rows for k, v in r.items() if k != "step"]
         if test.get("test"):
             at = int(test.get("best_step", progress.get("step", 0)))

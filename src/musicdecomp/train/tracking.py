@@ -21,6 +21,11 @@ def flat_params(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def metric_key(name: str) -> str:
+    """A metric name as MLflow accepts it ("@" is not allowed)."""
+    return name.replace("@", "_at_")
+
+
 class Tracker:
     def __init__(self, run_dir: Path, tracking: dict | None, run_name: str, params: dict, tags: dict,
                  resume_step: int = 0, mlflow_run_id: str | None = None):
@@ -54,7 +59,7 @@ class Tracker:
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.mlflow:
-            self.mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()}, step=step)
+            self.mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()}, step=step)
 
     def artifact(self, path: str | Path) -> None:
         if self.mlflow and Path(path).exists():
@@ -85,19 +90,27 @@ def log_to_training_run(run_dir: str | Path, tracking: dict | None, metrics: dic
             mlflow.log_artifact(str(a))
 
 
-def init_experiment(uri: str, experiment: str, artifacts: str | Path, out: str | Path) -> str:
-    """Create the MLflow database and experiment once, before parallel training jobs (SQLite's schema
-    creation is not safe under concurrent first use)."""
+def ensure_experiment(uri: str, experiment: str, artifacts: str | Path) -> str:
+    """Point MLflow at ``uri`` and return the id of ``experiment``, creating it (and a SQLite database's folder)
+    with ``artifacts`` as its artifact folder when it does not exist yet."""
     import mlflow
 
-    from musicdecomp.io import ensure_parent, write_json
+    from musicdecomp.io import ensure_parent
 
     if uri.startswith("sqlite:///"):
         ensure_parent(uri[len("sqlite:///"):])
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(
+    return exp.experiment_id if exp else mlflow.create_experiment(
         experiment, artifact_location=Path(artifacts).resolve().as_uri())
+
+
+def init_experiment(uri: str, experiment: str, artifacts: str | Path, out: str | Path) -> str:
+    """Create the MLflow database and experiment once, before parallel training jobs (SQLite's schema
+    creation is not safe under concurrent first use)."""
+    from musicdecomp.io import write_json
+
+    exp_id = ensure_experiment(uri, experiment, artifacts)
     write_json(out, {"tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id})
     log.info("MLflow experiment %s (id %s) at %s", experiment, exp_id, uri)
     return exp_id
