@@ -16,7 +16,7 @@ set -euo pipefail
 KIT=${1:-.fluidsynth}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
-LIB=$(ldconfig -p | awk '/libfluidsynth\.so\.3 / {print $NF; exit}')
+LIB=$(ldconfig -p | awk '/libfluidsynth\.so\.3 / && !found {print $NF; found = 1}')  # reads all: no SIGPIPE
 [ -n "$LIB" ] || { echo "libfluidsynth3 is not installed here: run ./setup.sh first" >&2; exit 1; }
 BASE="libc6 libgcc-s1 libstdc++6"
 
@@ -39,14 +39,14 @@ find "$WORK/root" \( -type f -o -type l \) -name '*.so*' -path '*x86_64-linux-gn
 for deb in "$WORK"/*.deb; do dpkg-deb -W --showformat='${Package} ${Version}\n' "$deb"; done > "$KIT/packages.txt"
 
 # wheels for the target's Python 3.12 (manylinux x86-64), at this project's pins
-pin() { grep -i "^$1==" "$REPO/requirements.txt" | head -1; }
+pin() { grep -i -m1 "^$1==" "$REPO/requirements.txt"; }
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   --platform any -d "$KIT/wheels" "$(pin soundfile)" cffi pycparser 2>&1 | grep -v "is ignored" || true
 # pure-Python packages published as source only: build their (py3-none-any) wheels here
 "$PY" -m pip wheel -q --no-deps -w "$KIT/wheels" "$(pin pyfluidsynth)" "$(pin encodec)" 2>&1 | grep -v "is ignored" || true
 for w in soundfile cffi pycparser pyfluidsynth encodec; do
-  ls "$KIT/wheels" | grep -qi "^$w-" || { echo "no wheel for $w in $KIT/wheels" >&2; exit 1; }
+  ls "$KIT/wheels" | grep -i "^$w-" >/dev/null || { echo "no wheel for $w in $KIT/wheels" >&2; exit 1; }
 done
 
 # locate pretty_midi without importing it (its import loads pyfluidsynth, which prints when CI is set)
