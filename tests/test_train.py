@@ -165,9 +165,12 @@ def test_channels_last_trains_the_same_model_and_can_switch_between_calls(tiny_r
         train_musicslots(cfg, data, tmp_path / "other", device="cpu", speed={"compile": True})
 
 
-def test_mlflow_run_is_logged_and_continued(tiny_run, tiny_params, tmp_path):
+def test_mlflow_run_is_logged_and_continued(tiny_run, tiny_params, tmp_path, monkeypatch):
     import mlflow
 
+    cwd = tmp_path / "job"  # a job's working folder, where MLflow's default would write ./mlruns
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracking = {"mlflow_uri": uri, "experiment": "test"}
     cfg = tiny_cfg(tiny_params, "sigmoid-t1-imp_true-k4")
@@ -188,6 +191,9 @@ def test_mlflow_run_is_logged_and_continued(tiny_run, tiny_params, tmp_path):
     assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run["run_id"])}
     assert {"best.pt", "curves.png", "test.png"} <= artifacts
+    # the experiment created on the fly keeps its artifacts beside the database, not in ./mlruns
+    assert (tmp_path / "artifacts" / run["run_id"] / "artifacts" / "best.pt").exists()
+    assert not (cwd / "mlruns").exists()
 
 
 def test_evaluation_output(tiny_run, tiny_params, tmp_path):

@@ -293,13 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("mlflow-init", cmd_mlflow_init, "create the MLflow database and experiment (before parallel runs)")
     add_tracking(sp)
-    sp.add_argument("--artifacts", required=True, help="artifact folder for the experiment")
+    sp.add_argument("--artifacts", help="artifact folder for the experiment (default: artifacts/ beside a SQLite "
+                    "database)")
     sp.add_argument("--out", required=True, help="JSON file recording the experiment")
     sp = add("ingest-run", cmd_ingest_run, "log a run trained without MLflow (its run folder) into the experiment")
     sp.add_argument("--run-dir", required=True, help="a run folder, e.g. results/gpu_runs/none-t1-imp_true-k7")
     add_tracking(sp)
-    sp.add_argument("--artifacts", default="results/mlflow/artifacts",
-                    help="artifact folder, if the experiment has to be created")
+    sp.add_argument("--artifacts", help="artifact folder, if the experiment has to be created (default: "
+                    "artifacts/ beside a SQLite database)")
 
     def add_training(sp, variant_help):
         sp.add_argument("--dataset", required=True)

@@ -56,9 +56,10 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
-def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path = "results/mlflow/artifacts") -> str:
+def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None = None) -> str:
     """Log ``run_dir`` as one MLflow run of ``tracking["experiment"]`` at ``tracking["mlflow_uri"]`` (created if
-    missing, with ``artifacts`` as its artifact folder). Returns the new run's id."""
+    missing, with ``artifacts`` as its artifact folder: by default ``artifacts/`` beside a SQLite database).
+    Returns the new run's id."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a folder: give a run folder (e.g. one that musicslots_gpu.py unpack "

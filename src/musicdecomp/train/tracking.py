@@ -45,9 +45,7 @@ class Tracker:
                 log.warning("mlflow is not installed: metrics go to %s only (log them later: musicdecomp ingest-run "
                             "--run-dir %s)", self.path, self.path.parent)
             else:
-                mlflow.set_tracking_uri(tracking["mlflow_uri"])
-                exp = mlflow.get_experiment_by_name(tracking["experiment"])
-                exp_id = exp.experiment_id if exp else mlflow.create_experiment(tracking["experiment"])
+                exp_id = ensure_experiment(tracking["mlflow_uri"], tracking["experiment"])
                 if mlflow_run_id:
                     run = mlflow.start_run(run_id=mlflow_run_id)
                 else:
@@ -90,9 +88,19 @@ def log_to_training_run(run_dir: str | Path, tracking: dict | None, metrics: dic
             mlflow.log_artifact(str(a))
 
 
-def ensure_experiment(uri: str, experiment: str, artifacts: str | Path) -> str:
+def default_artifacts(uri: str) -> Path | None:
+    """The artifact folder of an experiment created at ``uri``: ``artifacts/`` beside a SQLite database
+    (``sqlite:///results/mlflow/mlflow.db`` -> ``results/mlflow/artifacts``); None (the server's choice) for
+    other stores. Without it MLflow would put artifacts in ``./mlruns`` of whatever folder a job runs in."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).parent / "artifacts"
+    return None
+
+
+def ensure_experiment(uri: str, experiment: str, artifacts: str | Path | None = None) -> str:
     """Point MLflow at ``uri`` and return the id of ``experiment``, creating it (and a SQLite database's folder)
-    with ``artifacts`` as its artifact folder when it does not exist yet."""
+    when it does not exist yet, with ``artifacts`` (default: :func:`default_artifacts`) as its artifact
+    folder."""
     import mlflow
 
     from musicdecomp.io import ensure_parent
@@ -101,11 +109,14 @@ def ensure_experiment(uri: str, experiment: str, artifacts: str | Path) -> str:
         ensure_parent(uri[len("sqlite:///"):])
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(experiment)
-    return exp.experiment_id if exp else mlflow.create_experiment(
-        experiment, artifact_location=Path(artifacts).resolve().as_uri())
+    if exp:
+        return exp.experiment_id
+    artifacts = artifacts if artifacts is not None else default_artifacts(uri)
+    return mlflow.create_experiment(
+        experiment, artifact_location=None if artifacts is None else Path(artifacts).resolve().as_uri())
 
 
-def init_experiment(uri: str, experiment: str, artifacts: str | Path, out: str | Path) -> str:
+def init_experiment(uri: str, experiment: str, artifacts: str | Path | None, out: str | Path) -> str:
     """Create the MLflow database and experiment once, before parallel training jobs (SQLite's schema
     creation is not safe under concurrent first use)."""
     from musicdecomp.io import write_json
