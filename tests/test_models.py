@@ -5,8 +5,10 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from musicdecomp.data.mel import db_to_power, power_to_db
+from musicdecomp.models.encoder import token_matrix_norm
 from musicdecomp.models.musicslots import MusicSlots
 from musicdecomp.models.slot_attention import SlotAttention
 
@@ -55,6 +57,25 @@ def test_masks_compose_in_the_power_domain():
             assert torch.equal(w, torch.ones_like(w))  # plain addition
         mix = (db_to_power(out["slot_values"]) * w).sum(1, keepdim=True)
         assert torch.allclose(out["recon"], power_to_db(mix, 1e-10, 80.0), atol=1e-4)
+
+
+def test_token_matrix_norm_is_layer_norm_over_the_whole_token_matrix():
+    torch.manual_seed(0)
+    feats = (torch.randn(3, 16, 8, 4) * 3 + 5).relu()
+    for layout in (torch.contiguous_format, torch.channels_last):  # tokens are a strided view in either layout
+        x = feats.contiguous(memory_format=layout).requires_grad_(True)
+        tokens = x.permute(0, 2, 3, 1).flatten(1, 2)
+        ref = F.layer_norm(tokens, tokens.shape[1:])
+        got = token_matrix_norm(tokens, impl="reduce")  # the CUDA path
+        assert got.dtype == torch.float32 and torch.allclose(got, ref, atol=1e-5)
+        assert torch.allclose(got.mean((1, 2)), torch.zeros(3), atol=1e-5)
+        g = torch.randn_like(ref)
+        (ref_grad,) = torch.autograd.grad(ref, x, g)
+        (got_grad,) = torch.autograd.grad(got, x, g)
+        assert torch.allclose(got_grad, ref_grad, atol=1e-5)
+        assert torch.equal(token_matrix_norm(tokens), ref)  # on CPU: the fused kernel itself
+    half = token_matrix_norm(tokens.detach().bfloat16(), impl="reduce")  # statistics in fp32, as autocast runs layer_norm
+    assert half.dtype == torch.float32 and torch.allclose(half, ref, atol=0.05)
 
 
 def test_attention_normalisations():
