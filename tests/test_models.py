@@ -74,7 +74,8 @@ def test_token_matrix_norm_is_layer_norm_over_the_whole_token_matrix():
         (got_grad,) = torch.autograd.grad(got, x, g)
         assert torch.allclose(got_grad, ref_grad, atol=1e-5)
         assert torch.equal(token_matrix_norm(tokens), ref)  # on CPU: the fused kernel itself
-    half = token_matrix_norm(tokens.detach().bfloat16(), impl="reduce")  # statistics in fp32, as autocast runs layer_norm
+    # statistics in fp32, as autocast runs layer_norm
+    half = token_matrix_norm(tokens.detach().bfloat16(), impl="reduce")
     assert half.dtype == torch.float32 and torch.allclose(half, ref, atol=0.05)
 
 
