@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,7 +179,7 @@ def test_mlflow_run_is_logged_and_continued(tiny_run, tiny_params, tmp_path, mon
     train_musicslots(cfg, data, tmp_path / "r", device="cpu", tracking=tracking, stop_after=2)
     summary = train_musicslots(cfg, data, tmp_path / "r", device="cpu", tracking=tracking)
     evaluate_run(tmp_path / "r", data, tmp_path / "r/test.json", tmp_path / "r/test.png", device="cpu",
-                 tracking=tracking)
+                 tracking=tracking, audio_dir=tmp_path / "r/test_audio")
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["test"])
     assert len(runs) == 1  # the resumed call continued the same run
@@ -190,7 +191,7 @@ def test_mlflow_run_is_logged_and_continued(tiny_run, tiny_params, tmp_path, mon
     history = mlflow.tracking.MlflowClient().get_metric_history(run["run_id"], "train/loss")
     assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run["run_id"])}
-    assert {"best.pt", "curves.png", "test.png"} <= artifacts
+    assert {"best.pt", "curves.png", "test.png", "test_audio"} <= artifacts
     # the experiment created on the fly keeps its artifacts beside the database, not in ./mlruns
     assert (tmp_path / "artifacts" / run["run_id"] / "artifacts" / "best.pt").exists()
     assert not (cwd / "mlruns").exists()
@@ -199,16 +200,45 @@ def test_mlflow_run_is_logged_and_continued(tiny_run, tiny_params, tmp_path, mon
 def test_evaluation_output(tiny_run, tiny_params, tmp_path):
     data = tiny_run / "results/data/jsb_multi"
     train_musicslots(tiny_cfg(tiny_params, "none-t1-imp_true-k7"), data, tmp_path / "r", device="cpu")
-    ev = evaluate_run(tmp_path / "r", data, tmp_path / "t.json", tmp_path / "t.png", device="cpu")
+    ev = evaluate_run(tmp_path / "r", data, tmp_path / "t.json", tmp_path / "t.png", device="cpu",
+                      audio_dir=tmp_path / "audio")
     n_test = len(torch.load(data / "test.pt", weights_only=True)["n_notes"])
     assert ev["test"]["examples"] == n_test and ev["test"]["note_mse"] > 0 and 0 <= ev["test"]["miou"] <= 1
     assert json.loads((tmp_path / "t.json").read_text()) == ev
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    check_decomposition_audio(tmp_path / "audio", data, n_slots=7)
     first = evaluate_run(tmp_path / "r", data, tmp_path / "t2.json", device="cpu", limit=2)["test"]
     assert first["examples"] == 2 < n_test and first["note_mse"] != ev["test"]["note_mse"]
     assert ev["test_iters"] == tiny_params["musicslots"]["model"]["iters"]
     more = evaluate_run(tmp_path / "r", data, tmp_path / "t5.json", device="cpu", iters=5)  # official --test_time_iter
     assert more["test_iters"] == 5 and more["test"]["examples"] == n_test  # read back from the model evaluated
+
+
+def check_decomposition_audio(audio: Path, data: Path, n_slots: int) -> None:
+    """The WAV files of the figure's examples: one per chord, reconstruction, slot and note, at the dataset's
+    sample rate, and the chord's file sounds like the chord (its mel spectrogram is close to the input's)."""
+    import soundfile as sf
+
+    from musicdecomp.data.mel import MelFeatures
+    from musicdecomp.eval.listen import dataset_audio_settings
+
+    mel, rate = dataset_audio_settings(data)
+    test = torch.load(data / "test.pt", weights_only=True)
+    index = json.loads((audio / "index.json").read_text())
+    assert index["sample_rate"] == rate and len(index["examples"]) == 3
+    for r, ex in enumerate(index["examples"]):
+        n_notes = int(test["n_notes"][ex["test_index"]])
+        expected = {f"ex{r}_{x}.wav" for x in ["chord", "recon", *(f"slot{s}" for s in range(n_slots)),
+                                                *(f"note{v}" for v in range(n_notes))]}
+        assert set(ex["files"]) == expected and {p.name for p in audio.glob(f"ex{r}_*.wav")} == expected
+        matched = [what for name, what in ex["files"].items() if "slot" in name and "matched to note" in what]
+        assert len(matched) == n_notes  # every note has its own slot (K >= notes)
+        wave, sr = sf.read(audio / f"ex{r}_chord.wav", dtype="float32")
+        assert sr == rate and len(wave) == (mel["n_frames"] - 1) * mel["hop_length"]
+        chord = test["chord_db"][ex["test_index"]].float()
+        back = MelFeatures(mel, rate).db(torch.from_numpy(wave) / ex["gain"])
+        loud = chord > chord.max() - 40
+        assert (back - chord)[loud].abs().mean() < 5.0  # Griffin-Lim: about 2-3 dB on JSB chords
 
 
 def test_table1_aggregates_seeds(tmp_path):

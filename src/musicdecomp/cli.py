@@ -164,7 +164,7 @@ def cmd_train_musicslots(args):
 def cmd_eval_musicslots(args):
     from musicdecomp.eval.musicslots import evaluate_run
     evaluate_run(args.run_dir, args.data_dir, args.out, args.figure, device=args.device, tracking=_tracking(args),
-                 checkpoint=args.checkpoint, iters=args.iters, limit=args.limit)
+                 checkpoint=args.checkpoint, iters=args.iters, limit=args.limit, audio_dir=args.audio_dir)
 
 
 def cmd_train_baseline(args):
@@ -331,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("eval-musicslots", cmd_eval_musicslots, "test-set note MSE / mIoU and a figure for one run")
     add_evaluation(sp)
     sp.add_argument("--figure")
+    sp.add_argument("--audio-dir", help="folder for WAV files of the figure's chords, slots and matched notes")
     sp.add_argument("--checkpoint", help="evaluate this checkpoint instead of <run-dir>/best.pt, e.g. the "
                                          "ckpt/best.pt of a run that has not finished")
     sp.add_argument("--iters", type=_positive_int, help="Slot Attention iterations at test time (default: as "

@@ -65,17 +65,19 @@ rule eval_musicslots:
         best=rules.train_musicslots.output.best,
         summary=rules.train_musicslots.output.summary,
         test="results/data/{dataset}/test.pt",
+        data_summary="results/data/{dataset}/summary.json",
         code=code("eval_musicslots"),
     output:
         json=f"{RUN_DIR}/test.json",
         figure=f"{RUN_DIR}/test_examples.png",
+        audio=directory(f"{RUN_DIR}/test_audio"),
     params:
         run_dir=RUN_DIR,
     log:
         "logs/musicslots/{dataset}/{variant}/seed{seed}/eval.log",
     shell:
         "{PY} -m musicdecomp eval-musicslots --run-dir {params.run_dir} --data-dir results/data/{wildcards.dataset}"
-        " --out {output.json} --figure {output.figure} {TRACKING} --log {log}"
+        " --out {output.json} --figure {output.figure} --audio-dir {output.audio} {TRACKING} --log {log}"
 
 
 rule probe_musicslots:

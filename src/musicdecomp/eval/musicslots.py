@@ -1,5 +1,5 @@
-"""Evaluate a trained MusicSlots run on the test split: note MSE, mIoU, and a figure of
-chord -> slots -> matched ground-truth notes."""
+"""Evaluate a trained MusicSlots run on the test split: note MSE, mIoU, a figure of
+chord -> slots -> matched ground-truth notes, and the same examples as audio."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ log = get_logger("eval")
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path, out_png: str | Path | None = None,
                  device: str = "auto", tracking: dict | None = None, checkpoint: str | Path | None = None,
-                 iters: int | None = None, limit: int | None = None) -> dict:
+                 iters: int | None = None, limit: int | None = None, audio_dir: str | Path | None = None) -> dict:
     """Test-set metrics of the run's ``best.pt``, or of ``checkpoint`` (e.g. ``ckpt/best.pt`` of a run that
     stopped at its time limit; the result then names that checkpoint). ``iters``: Slot Attention iterations at
     test time instead of the trained number (the official eval.py's ``--test_time_iter``); the result records
     it as ``test_iters``. ``limit``: only the first ``limit`` test examples (a quick check; ``examples`` in the
-    result says how many)."""
+    result says how many). ``audio_dir``: WAV files of the figure's chords, reconstructions, slots and matched
+    notes (Griffin-Lim from the mel spectrograms; see ``listen.py``)."""
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     dev = pick_device(device)
     test = load_split(data_dir / "test.pt", dev)
@@ -45,20 +46,25 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path
     write_json(out_json, out)
     log.info("%s test: note MSE %.3f, mIoU %.4f (%d examples, best step %d, %d iterations)", cfg["run_name"],
              res["note_mse"], res["miou"], res["examples"], state["step"], model.slot_attention.iters)
+    if out_png is not None or audio_dir is not None:
+        examples = decompose_examples(model, test, dev)
     if out_png is not None:
-        plot_decomposition(model, test, dev, out_png, cfg["run_name"])
+        plot_decomposition(examples, out_png, cfg["run_name"])
+    if audio_dir is not None:
+        from musicdecomp.eval.listen import dataset_audio_settings, write_decomposition_audio
+
+        files = write_decomposition_audio(examples, audio_dir, *dataset_audio_settings(data_dir))
+        log.info("%d WAV files of %d test examples in %s", len(files), len(examples["chord"]), audio_dir)
     log_to_training_run(run_dir, tracking, {"test/note_mse": res["note_mse"], "test/miou": res["miou"]},
-                        () if out_png is None else (out_png,))
+                        tuple(p for p in (out_png, audio_dir) if p is not None))
     return out
 
 
 @torch.no_grad()
-def plot_decomposition(model, data, device, out_png, title: str, n: int = 3) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def decompose_examples(model, data, device, n: int = 3) -> dict:
+    """The first ``n`` test chords through the model (on the CPU afterwards): chord, reconstruction, slots
+    (dB), ground-truth notes, which note each slot is matched to, and a label per note."""
+    from musicdecomp.data.figures import midi_name
     from musicdecomp.eval.metrics import note_metrics
 
     model.eval()
@@ -67,24 +73,45 @@ def plot_decomposition(model, data, device, out_png, title: str, n: int = 3) -> 
     out = model(b["chord"], generator=torch.Generator(device=device).manual_seed(0))
     slot_db = model.slot_db(out)
     match = note_metrics(b["notes"], slot_db, b["n_notes"], data.mask_db)["match"]
-    k = slot_db.shape[1]
-    cols = 2 + k
-    fig, axes = plt.subplots(2 * len(idx), cols, figsize=(1.4 * cols, 2.4 * len(idx) * 2), squeeze=False)
-    kw = dict(origin="lower", aspect="auto", cmap="magma", vmin=-100, vmax=float(b["chord"].max()))
+    model.train()
+    notes_meta = []
     for r in range(len(idx)):
+        meta = []
+        for v in range(int(b["n_notes"][r])):
+            pitch = int(data.pitches[int(b["pitch"][r, v])])
+            meta.append({"pitch": pitch, "instrument": data.program_names[int(b["instrument"][r, v])],
+                         "label": f"{midi_name(pitch)} {data.program_names[int(b['instrument'][r, v])]}"})
+        notes_meta.append(meta)
+    return {"index": idx.cpu(), "chord": b["chord"].cpu(), "recon": out["recon"].float().cpu(),
+            "slot_db": slot_db.float().cpu(), "notes": b["notes"].cpu(), "notes_meta": notes_meta,
+            "note_of_slot": [{int(s): v for v, s in enumerate(match[r]) if s >= 0} for r in range(len(idx))]}
+
+
+def plot_decomposition(ex: dict, out_png, title: str) -> None:
+    """Figure of ``decompose_examples``: per chord, the chord, its reconstruction and the slots (top row), and
+    under each slot the note matched to it (bottom row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, k = len(ex["chord"]), ex["slot_db"].shape[1]
+    cols = 2 + k
+    fig, axes = plt.subplots(2 * n, cols, figsize=(1.4 * cols, 2.4 * n * 2), squeeze=False)
+    kw = dict(origin="lower", aspect="auto", cmap="magma", vmin=-100, vmax=float(ex["chord"].max()))
+    for r in range(n):
         top, bottom = axes[2 * r], axes[2 * r + 1]
-        top[0].imshow(b["chord"][r, 0].cpu().numpy(), **kw)
+        top[0].imshow(ex["chord"][r, 0].numpy(), **kw)
         top[0].set_title("chord", fontsize=7)
-        top[1].imshow(out["recon"][r, 0].float().cpu().numpy(), **kw)
+        top[1].imshow(ex["recon"][r, 0].numpy(), **kw)
         top[1].set_title("recon", fontsize=7)
-        note_of_slot = {int(s): v for v, s in enumerate(match[r]) if s >= 0}
         for s in range(k):
-            top[2 + s].imshow(slot_db[r, s].float().cpu().numpy(), **kw)
+            top[2 + s].imshow(ex["slot_db"][r, s].numpy(), **kw)
             top[2 + s].set_title(f"slot {s}", fontsize=7)
-            if s in note_of_slot:
-                v = note_of_slot[s]
-                bottom[2 + s].imshow(b["notes"][r, v].cpu().numpy(), **kw)
-                bottom[2 + s].set_title(f"note {data.pitches[int(b['pitch'][r, v])]}", fontsize=7)
+            v = ex["note_of_slot"][r].get(s)
+            if v is not None:
+                bottom[2 + s].imshow(ex["notes"][r, v].numpy(), **kw)
+                bottom[2 + s].set_title(ex["notes_meta"][r][v]["label"], fontsize=6)
         for ax in list(top) + list(bottom):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -95,4 +122,3 @@ def plot_decomposition(model, data, device, out_png, title: str, n: int = 3) -> 
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
-    model.train()

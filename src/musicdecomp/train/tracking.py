@@ -84,8 +84,11 @@ def log_to_training_run(run_dir: str | Path, tracking: dict | None, metrics: dic
     mlflow.set_tracking_uri(tracking["mlflow_uri"])
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
-        for a in artifacts:
-            mlflow.log_artifact(str(a))
+        for a in map(Path, artifacts):
+            if a.is_dir():  # a folder (e.g. test_audio/) keeps its name in the run's artifacts
+                mlflow.log_artifacts(str(a), artifact_path=a.name)
+            else:
+                mlflow.log_artifact(str(a))
 
 
 def default_artifacts(uri: str) -> Path | None:
