@@ -207,6 +207,12 @@ def test_evaluation_output(tiny_run, tiny_params, tmp_path):
     assert json.loads((tmp_path / "t.json").read_text()) == ev
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     check_decomposition_audio(tmp_path / "audio", data, n_slots=7)
+    bare = tmp_path / "bare"  # a dataset folder without the features step's summary.json
+    bare.mkdir()
+    (bare / "test.pt").symlink_to(data / "test.pt")
+    with pytest.raises(UserError, match=r"summary\.json does not exist; rebuild the dataset"):
+        evaluate_run(tmp_path / "r", bare, tmp_path / "t3.json", device="cpu", audio_dir=tmp_path / "a3")
+    assert not (tmp_path / "t3.json").exists()
     first = evaluate_run(tmp_path / "r", data, tmp_path / "t2.json", device="cpu", limit=2)["test"]
     assert first["examples"] == 2 < n_test and first["note_mse"] != ev["test"]["note_mse"]
     assert ev["test_iters"] == tiny_params["musicslots"]["model"]["iters"]

@@ -27,6 +27,10 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path
     result says how many). ``audio_dir``: WAV files of the figure's chords, reconstructions, slots and matched
     notes (Griffin-Lim from the mel spectrograms; see ``listen.py``)."""
     run_dir, data_dir = Path(run_dir), Path(data_dir)
+    if audio_dir is not None:  # before the evaluation, so that a dataset without its summary fails at once
+        from musicdecomp.eval.listen import dataset_audio_settings, write_decomposition_audio
+
+        audio_settings = dataset_audio_settings(data_dir)
     dev = pick_device(device)
     test = load_split(data_dir / "test.pt", dev)
     state = load_best(run_dir) if checkpoint is None else load_checkpoint(checkpoint)
@@ -51,9 +55,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path
     if out_png is not None:
         plot_decomposition(examples, out_png, cfg["run_name"])
     if audio_dir is not None:
-        from musicdecomp.eval.listen import dataset_audio_settings, write_decomposition_audio
-
-        files = write_decomposition_audio(examples, audio_dir, *dataset_audio_settings(data_dir))
+        files = write_decomposition_audio(examples, audio_dir, *audio_settings)
         log.info("%d WAV files of %d test examples in %s", len(files), len(examples["chord"]), audio_dir)
     log_to_training_run(run_dir, tracking, {"test/note_mse": res["note_mse"], "test/miou": res["miou"]},
                         tuple(p for p in (out_png, audio_dir) if p is not None))
