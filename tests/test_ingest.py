@@ -44,14 +44,15 @@ def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, 
 
     # continued to the end and evaluated: ingesting again replaces the earlier ingested run
     train_musicslots(cfg, data, run, device="cpu")
-    test = evaluate_run(run, data, run / "test.json", run / "test.png", device="cpu")
+    test = evaluate_run(run, data, run / "test.json", run / "test.png", device="cpu", audio_dir=run / "test_audio")
     second = ingest_run(run, tracking, tmp_path / "artifacts")
     found = mlflow.search_runs(experiment_names=["gpu"])
     assert list(found["run_id"]) == [second] and second != first
     row = found.iloc[0]
     assert row["status"] == "FINISHED" and row["metrics.test/miou"] == pytest.approx(test["test"]["miou"])
     assert [m.step for m in client.get_metric_history(second, "val/miou")] == [2, 4, 6]
-    assert {"best.pt", "train.json", "test.png"} <= {a.path for a in client.list_artifacts(second)}
+    assert {"best.pt", "train.json", "test.png", "test_audio"} <= {a.path for a in client.list_artifacts(second)}
+    assert "test_audio/index.json" in {a.path for a in client.list_artifacts(second, "test_audio")}
     assert client.get_run(first).info.lifecycle_stage == "deleted"
 
     # another folder of the same run (another attempt, another machine) is another MLflow run

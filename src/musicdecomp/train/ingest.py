@@ -26,7 +26,7 @@ TAG = "musicdecomp.ingested"
 SOURCE_TAG = "musicdecomp.ingested_from"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 ARTIFACTS = ("best.pt", "ckpt/best.pt", "train.json", "progress.json", "test.json", "test.png", "curves.png",
-             "train.log", "eval.log", "metrics.jsonl")
+             "train.log", "eval.log", "metrics.jsonl", "test_audio")  # test_audio/: eval-musicslots --audio-dir
 
 
 def _read_json(path: Path, fix: str) -> dict:
@@ -111,7 +111,9 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
             from musicdecomp.train.loop import plot_curves
             plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", name)
         for rel in ARTIFACTS:
-            if (run_dir / rel).exists():
+            if (run_dir / rel).is_dir():
+                client.log_artifacts(run_id, str(run_dir / rel), rel)
+            elif (run_dir / rel).exists():
                 client.log_artifact(run_id, str(run_dir / rel), str(Path(rel).parent) if "/" in rel else None)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
