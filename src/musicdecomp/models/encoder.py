@@ -27,8 +27,8 @@ def token_matrix_norm(tokens: torch.Tensor, eps: float = 1e-5, impl: str = "auto
     if impl not in ("auto", "fused", "reduce"):
         raise ValueError(f"impl must be auto, fused or reduce, not {impl!r}")
     x = tokens.float()
-    if impl == "fused" or (impl == "auto" and not x.is_cuda):  # on CPU the fused kernel is faster (0.5 s
-        return F.layer_norm(x, x.shape[1:], eps=eps)            # against 0.8 s per paper-size step)
+    if impl == "fused" or (impl == "auto" and not x.is_cuda):  # on CPU the fused kernel is faster (forward
+        return F.layer_norm(x, x.shape[1:], eps=eps)            # + backward, batch 32: 0.5 s against 0.8 s)
     var, mean = torch.var_mean(x, dim=tuple(range(1, x.dim())), keepdim=True, correction=0)
     return (x - mean) * torch.rsqrt(var + eps)
 
