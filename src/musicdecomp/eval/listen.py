@@ -25,7 +25,6 @@ class MelInverter:
     def __init__(self, mel: dict, sample_rate: int, n_iter: int = 64):
         import torchaudio.transforms as T
 
-        self.sample_rate = sample_rate
         self.to_linear = T.InverseMelScale(
             n_stft=mel["n_fft"] // 2 + 1, n_mels=mel["n_mels"], sample_rate=sample_rate,
             f_min=float(mel["f_min"]), f_max=float(mel["f_max"]), norm=None, mel_scale="htk")
@@ -59,8 +58,8 @@ def write_decomposition_audio(examples: dict, audio_dir: str | Path, mel: dict, 
     import soundfile as sf
 
     inverter = MelInverter(mel, sample_rate)
-    index: dict = {"sample_rate": sample_rate, "method": "inverse mel filterbank + Griffin-Lim (64 iterations)",
-                   "examples": []}
+    index: dict = {"sample_rate": sample_rate, "examples": [],
+                   "method": f"inverse mel filterbank + Griffin-Lim ({inverter.griffin_lim.n_iter} iterations)"}
     names = []
     with atomic_dir(audio_dir) as tmp:
         for r in range(len(examples["chord"])):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from musicdecomp.errors import UserError
 from musicdecomp.logs import get_logger
-from musicdecomp.train.tracking import ensure_experiment, flat_params, metric_key
+from musicdecomp.train.tracking import ensure_experiment, flat_params, log_artifact_path, metric_key
 
 log = get_logger("ingest")
 
@@ -111,10 +111,8 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
             from musicdecomp.train.loop import plot_curves
             plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", name)
         for rel in ARTIFACTS:
-            if (run_dir / rel).is_dir():
-                client.log_artifacts(run_id, str(run_dir / rel), rel)
-            elif (run_dir / rel).exists():
-                client.log_artifact(run_id, str(run_dir / rel), str(Path(rel).parent) if "/" in rel else None)
+            if (run_dir / rel).exists():
+                log_artifact_path(client, run_id, run_dir / rel, str(Path(rel).parent) if "/" in rel else None)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

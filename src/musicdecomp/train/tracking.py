@@ -84,20 +84,30 @@ def log_to_training_run(run_dir: str | Path, tracking: dict | None, metrics: dic
     mlflow.set_tracking_uri(tracking["mlflow_uri"])
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
-        for a in map(Path, artifacts):
-            if a.is_dir():  # a folder (e.g. test_audio/) keeps its name in the run's artifacts
-                mlflow.log_artifacts(str(a), artifact_path=a.name)
-            else:
-                mlflow.log_artifact(str(a))
+        client = mlflow.tracking.MlflowClient()
+        for a in artifacts:
+            log_artifact_path(client, run_id, Path(a))
+
+
+def log_artifact_path(client, run_id: str, path: Path, artifact_dir: str | None = None) -> None:
+    """Log a file, or a folder (e.g. test_audio/) under its own name, into ``artifact_dir`` of the run."""
+    if path.is_dir():
+        client.log_artifacts(run_id, str(path), f"{artifact_dir}/{path.name}" if artifact_dir else path.name)
+    else:
+        client.log_artifact(run_id, str(path), artifact_dir)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///<path>`` tracking URI; None for other stores."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
 def default_artifacts(uri: str) -> Path | None:
     """The artifact folder of an experiment created at ``uri``: ``artifacts/`` beside a SQLite database
     (``sqlite:///results/mlflow/mlflow.db`` -> ``results/mlflow/artifacts``); None (the server's choice) for
     other stores. Without it MLflow would put artifacts in ``./mlruns`` of whatever folder a job runs in."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).parent / "artifacts"
-    return None
+    db = sqlite_path(uri)
+    return None if db is None else db.parent / "artifacts"
 
 
 def ensure_experiment(uri: str, experiment: str, artifacts: str | Path | None = None) -> str:
@@ -108,8 +118,9 @@ def ensure_experiment(uri: str, experiment: str, artifacts: str | Path | None = 
 
     from musicdecomp.io import ensure_parent
 
-    if uri.startswith("sqlite:///"):
-        ensure_parent(uri[len("sqlite:///"):])
+    db = sqlite_path(uri)
+    if db is not None:
+        ensure_parent(db)
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp:
