@@ -63,16 +63,16 @@ def write_decomposition_audio(examples: dict, audio_dir: str | Path, mel: dict, 
     names = []
     with atomic_dir(audio_dir) as tmp:
         for r in range(len(examples["chord"])):
-            notes = examples["notes_meta"][r]
-            signals = {"chord": (examples["chord"][r, 0], "input chord: " + " + ".join(n["label"] for n in notes)),
+            notes = examples["note_labels"][r]
+            signals = {"chord": (examples["chord"][r, 0], "input chord: " + " + ".join(notes)),
                        "recon": (examples["recon"][r, 0], "reconstruction (the slots composed)")}
             for s in range(examples["slot_db"].shape[1]):
                 v = examples["note_of_slot"][r].get(s)
                 signals[f"slot{s}"] = (examples["slot_db"][r, s],
-                                       f"slot {s}" + (f", matched to note {v} ({notes[v]['label']})"
+                                       f"slot {s}" + (f", matched to note {v} ({notes[v]})"
                                                       if v is not None else ", matched to no note"))
             for v, note in enumerate(notes):
-                signals[f"note{v}"] = (examples["notes"][r, v], f"ground-truth note {v} ({note['label']})")
+                signals[f"note{v}"] = (examples["notes"][r, v], f"ground-truth note {v} ({note})")
             audio = inverter(torch.stack([db for db, _ in signals.values()]))
             gain = min(1.0, 0.99 / max(float(audio.abs().max()), 1e-12))
             files = {}

@@ -76,16 +76,11 @@ def decompose_examples(model, data, device, n: int = 3) -> dict:
     slot_db = model.slot_db(out)
     match = note_metrics(b["notes"], slot_db, b["n_notes"], data.mask_db)["match"]
     model.train()
-    notes_meta = []
-    for r in range(len(idx)):
-        meta = []
-        for v in range(int(b["n_notes"][r])):
-            pitch = int(data.pitches[int(b["pitch"][r, v])])
-            meta.append({"pitch": pitch, "instrument": data.program_names[int(b["instrument"][r, v])],
-                         "label": f"{midi_name(pitch)} {data.program_names[int(b['instrument'][r, v])]}"})
-        notes_meta.append(meta)
+    note_labels = [[f"{midi_name(int(data.pitches[int(b['pitch'][r, v])]))} "
+                    f"{data.program_names[int(b['instrument'][r, v])]}" for v in range(int(b["n_notes"][r]))]
+                   for r in range(len(idx))]  # e.g. "A4 Flute"
     return {"index": idx.cpu(), "chord": b["chord"].cpu(), "recon": out["recon"].float().cpu(),
-            "slot_db": slot_db.float().cpu(), "notes": b["notes"].cpu(), "notes_meta": notes_meta,
+            "slot_db": slot_db.float().cpu(), "notes": b["notes"].cpu(), "note_labels": note_labels,
             "note_of_slot": [{int(s): v for v, s in enumerate(match[r]) if s >= 0} for r in range(len(idx))]}
 
 
@@ -113,7 +108,7 @@ def plot_decomposition(ex: dict, out_png, title: str) -> None:
             v = ex["note_of_slot"][r].get(s)
             if v is not None:
                 bottom[2 + s].imshow(ex["notes"][r, v].numpy(), **kw)
-                bottom[2 + s].set_title(ex["notes_meta"][r][v]["label"], fontsize=6)
+                bottom[2 + s].set_title(ex["note_labels"][r][v], fontsize=6)
         for ax in list(top) + list(bottom):
             ax.set_xticks([])
             ax.set_yticks([])
