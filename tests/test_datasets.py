@@ -7,6 +7,7 @@ import torch
 
 from musicdecomp.config import step_config
 from musicdecomp.data.datasets import FORMAT, build_dataset, expected_counts, load_split
+from musicdecomp.data.figures import midi_name
 from musicdecomp.data.jsb import build_chords, read_chords
 from musicdecomp.data.mel import MelFeatures
 from musicdecomp.data.render import render_notes
@@ -66,6 +67,31 @@ def test_instrument_assignments_differ_within_a_chord(tiny_run):
     assert not torch.equal(chords[0], chords[1])
 
 
+def test_inaudible_notes_are_named_and_counted(tiny_run, tiny_params, tmp_path, caplog):
+    """A note the soundfont renders as silence (FluidR3_GM's violin at MIDI 94) cannot be found by any slot: the
+    features step names it in the log and in summary.json, with the examples that hold it per split."""
+    notes = torch.load(tiny_run / "results/data/notes/notes.pt", weights_only=True)
+    test = torch.load(tiny_run / "results/data/jsb_multi/test.pt", weights_only=True)
+    first = int(test["note_index"][0, 0])  # a note of the first test example
+    pitch, program = int(test["bank_pitch"][first]), int(test["bank_program"][first])
+    row = next(i for i, (p, g) in enumerate(zip(notes["pitch"], notes["program"])) if (p, g) == (pitch, program))
+    notes["audio"][row] = 1e-9 * torch.randn_like(notes["audio"][row])  # -180 dBFS: rendered, but inaudible
+    torch.save(notes, tmp_path / "notes.pt")
+    data = tiny_run / "results/data/jsb"
+    summary = build_dataset(step_config(tiny_params, "features", "jsb_multi"), "jsb_multi", data / "chords.csv",
+                            data / "summary.json", tmp_path / "notes.pt", tmp_path / "out")
+    name = f"{midi_name(pitch)} {notes['program_names'][program]}"
+    assert summary["inaudible_notes"] == [{"pitch": pitch, "program": program, "name": name, "max_db": -100.0}]
+    assert "1 rendered note(s) have no pixel at or above -30" in caplog.text and name in caplog.text
+    for split in ("train", "valid", "test"):
+        raw = torch.load(tmp_path / f"out/{split}.pt", weights_only=True)
+        holds = ((raw["bank_pitch"][raw["note_index"].long()] == pitch)
+                 & (raw["bank_program"][raw["note_index"].long()] == program) & (raw["note_index"] >= 0)).any(1)
+        assert summary["splits"][split]["examples_with_inaudible_notes"] == int(holds.sum())
+    assert summary["splits"]["test"]["examples_with_inaudible_notes"] >= 1
+    assert json.loads((tiny_run / "results/data/jsb_multi/summary.json").read_text())["inaudible_notes"] == []
+
+
 def test_missing_inputs_are_named(tmp_path, tiny_params):
     cfg = step_config(tiny_params, "features", "jsb_single")
     (tmp_path / "chords.csv").write_text("chord,n_notes,split\n60 64,2,train\n")
@@ -94,6 +120,10 @@ def test_full_jsb_multi(tmp_path_factory, jsb_json, params, soundfont, monkeypat
     assert summary["examples"] == {"train": 19719, "valid": 5634, "test": 2826}
     assert summary["shapes"]["bank_db"] == [156, 128, 32]  # 52 pitches x 3 programs
     assert summary["program_names"] == ["Yamaha Grand Piano", "Violin", "Flute"]
+    # FluidR3_GM's violin has nothing at MIDI 94: that note is silent, in 90 examples of the paper's dataset
+    assert summary["inaudible_notes"] == [{"pitch": 94, "program": 40, "name": "A#6 Violin", "max_db": -100.0}]
+    assert {s: v["examples_with_inaudible_notes"] for s, v in summary["splits"].items()} == {
+        "train": 70, "valid": 10, "test": 10}
     test = load_split(work / "jsb_multi" / "test.pt")
     assert len(test) == 2826 and test.chord_db.shape == (2826, 1, 128, 32)
     assert set(test.n_notes.tolist()) <= {2, 3, 4}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from musicdecomp.eval.metrics import cost_matrices, note_metrics
+from musicdecomp.eval.metrics import cost_matrices, note_metrics, oracle_slot_db
 
 
 def notes_and_slots():
@@ -72,3 +72,29 @@ def test_batch_of_examples_with_different_note_counts():
     assert m["iou"][0] == pytest.approx(1.0)
     assert m["iou"][1] == pytest.approx(2 / 3)  # the third note's best free slot is empty
     assert np.all(m["match"][1, :3] >= 0) and m["match"][1, 3] == -1
+
+
+def test_oracle_slots_score_the_metrics_floor():
+    """The ground-truth notes as slots: perfect when the notes are equally loud; when one is 30 dB quieter, its
+    pixels under the shared slot floor (the loudest note's max - 80 dB) differ from its own floor (max - 80)."""
+    loud = torch.full((8, 4), -60.0)  # 20 dB max, its own floor
+    loud[:3] = 20.0
+    quiet = torch.full((8, 4), -90.0)  # -10 dB max
+    quiet[4:6] = -10.0
+    quiet[6] = -70.0
+    pad = torch.full((8, 4), -100.0)
+    notes = torch.stack([loud, quiet, pad])[None]
+    valid = torch.tensor([[True, True, False]])
+    slots = oracle_slot_db(notes, valid, num_slots=5)
+    assert slots.shape == (1, 5, 8, 4)
+    assert torch.allclose(slots[0, 0], loud) and (slots[0, 2:] == -60.0).all()  # silent slots at the shared floor
+    assert (slots[0, 1, 4:6] == -10.0).all() and (slots[0, 1, 6:] == -60.0).all()  # -70 and -90 lifted to -60
+    m = note_metrics(notes, slots, torch.tensor([2]))
+    quiet_err = ((quiet - slots[0, 1]) ** 2).mean().item()  # rows 6 (10 dB) and 0-3, 7 (30 dB) of 8
+    assert quiet_err == pytest.approx((4 * 10**2 + 5 * 4 * 30**2) / 32)
+    assert m["mse"][0] == pytest.approx(quiet_err / 2) and m["iou"][0] == pytest.approx(1.0)
+    same = torch.stack([loud, loud.flip(0)])[None]  # equally loud notes: the oracle is exact
+    m = note_metrics(same, oracle_slot_db(same, torch.tensor([[True, True]]), 3), torch.tensor([2]))
+    assert m["mse"][0] == pytest.approx(0.0, abs=1e-6) and m["iou"][0] == pytest.approx(1.0)
+    few = oracle_slot_db(notes, valid, num_slots=2)  # fewer slots than notes: as many slots as notes
+    assert few.shape == (1, 3, 8, 4) and torch.equal(few, slots[:, :3])

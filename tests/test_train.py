@@ -205,6 +205,13 @@ def test_evaluation_output(tiny_run, tiny_params, tmp_path):
     n_test = len(torch.load(data / "test.pt", weights_only=True)["n_notes"])
     assert ev["test"]["examples"] == n_test and ev["test"]["note_mse"] > 0 and 0 <= ev["test"]["miou"] <= 1
     assert json.loads((tmp_path / "t.json").read_text()) == ev
+    sizes = torch.load(data / "test.pt", weights_only=True)["n_notes"]
+    by = ev["test"]["by_notes"]  # per chord size; together they are the whole test split
+    assert {int(v): d["examples"] for v, d in by.items()} == {int(v): int((sizes == v).sum()) for v in sizes.unique()}
+    assert sum(d["note_mse"] * d["examples"] for d in by.values()) / n_test == pytest.approx(ev["test"]["note_mse"])
+    assert sum(d["miou"] * d["examples"] for d in by.values()) / n_test == pytest.approx(ev["test"]["miou"])
+    oracle = ev["test"]["oracle"]  # the ground truth as slots: the floor, far below a 3-step model
+    assert oracle["miou"] > 0.99 and 0 <= oracle["note_mse"] < ev["test"]["note_mse"]
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     check_decomposition_audio(tmp_path / "audio", data, n_slots=7)
     bare = tmp_path / "bare"  # a dataset folder without the features step's summary.json
@@ -248,16 +255,16 @@ def check_decomposition_audio(audio: Path, data: Path, n_slots: int) -> None:
 
 
 def test_table1_aggregates_seeds(tmp_path):
-    def ev(variant, seed, mse, miou):
+    def ev(variant, seed, mse, miou, oracle=None):
         mask, t, imp, k = variant.split("-")
         path = tmp_path / f"{variant}-{seed}.json"
+        test = {"note_mse": mse, "miou": miou, **({"oracle": oracle, "examples": 100} if oracle else {})}
         path.write_text(json.dumps({"dataset": "jsb_multi", "variant": variant, "seed": seed, "best_step": 10,
                                     "model": {"mask": mask, "time_stride": int(t[1:]), "implicit": imp == "imp_true",
-                                              "num_slots": int(k[1:])},
-                                    "test": {"note_mse": mse, "miou": miou}}))
+                                              "num_slots": int(k[1:])}, "test": test}))
         return path
-    paths = [ev("none-t1-imp_true-k7", 0, 10.0, 0.9), ev("none-t1-imp_true-k7", 1, 14.0, 0.8),
-             ev("softmax-t1-imp_true-k7", 0, 30.0, 0.5)]
+    paths = [ev("none-t1-imp_true-k7", 0, 10.0, 0.9, {"note_mse": 9.4071, "miou": 0.9989}),
+             ev("none-t1-imp_true-k7", 1, 14.0, 0.8), ev("softmax-t1-imp_true-k7", 0, 30.0, 0.5)]
     rows = table1(paths, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.tex")
     none = next(r for r in rows if r["mask"] == "none")
     assert none["seeds"] == 2 and none["note_mse_mean"] == 12.0 and none["miou_mean"] == pytest.approx(0.85)
@@ -265,7 +272,10 @@ def test_table1_aggregates_seeds(tmp_path):
     md = (tmp_path / "t.md").read_text()
     assert "| jsb_multi | none | 1 | yes | 7 | 2 | 12.00 ± 2.83 | 0.850 ± 0.071 |" in md
     assert "13.47" in md and "unverified" in md
-    assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("dataset,variant,mask")
+    assert "| jsb_multi: ground-truth notes as slots (the metrics' floor) | | | | | | 9.41 | 0.999 |" in md
+    csv = (tmp_path / "t.csv").read_text().splitlines()
+    assert csv[0].startswith("dataset,variant,mask") and len(csv) == 1 + 2 + 2  # header, variants, floor, paper
+    assert csv[3] == "jsb_multi,ground-truth notes as slots (metric floor),,,,,,9.4071,,0.9989,"
     tex = (tmp_path / "t.tex").read_text().splitlines()
     rows_tex = [line for line in tex if line.endswith("\\\\")]
     assert all(line.count(" & ") == 7 for line in rows_tex[:3])  # header + 2 variants, 8 columns
@@ -273,6 +283,8 @@ def test_table1_aggregates_seeds(tmp_path):
             "\\\\") in tex
     assert "jsb\\_multi & softmax & 1 & yes & 7 & 1 & $30.00$ & $0.500$ \\\\" in tex  # one seed: no std, not best
     assert rows_tex[-1].startswith("\\multicolumn{6}{l}{paper") and "$13.47$ & $0.91$" in rows_tex[-1]
+    assert rows_tex[-2] == ("\\multicolumn{6}{l}{jsb\\_multi: ground-truth notes as slots (the metrics' floor)} "
+                            "& $9.41$ & $0.999$ \\\\")
     assert tex[0].startswith("%") and "\\toprule" in tex and "\\bottomrule" in tex
     with pytest.raises(UserError, match="evaluation\\(s\\) of the sweep are missing"):
         table1(paths + [tmp_path / "nope.json"], tmp_path / "x.csv", tmp_path / "x.md")

@@ -25,7 +25,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path
     test time instead of the trained number (the official eval.py's ``--test_time_iter``); the result records
     it as ``test_iters``. ``limit``: only the first ``limit`` test examples (a quick check; ``examples`` in the
     result says how many). ``audio_dir``: WAV files of the figure's chords, reconstructions, slots and matched
-    notes (Griffin-Lim from the mel spectrograms; see ``listen.py``)."""
+    notes (Griffin-Lim from the mel spectrograms; see ``listen.py``). The test result also holds the metrics per
+    chord size (``by_notes``) and those of the ground-truth notes as slots (``oracle``: the floor of note MSE)."""
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     if audio_dir is not None:  # before the evaluation, so that a dataset without its summary fails at once
         from musicdecomp.eval.listen import dataset_audio_settings, write_decomposition_audio
@@ -40,16 +41,20 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path
     if iters is not None:
         model.slot_attention.iters = iters
     res = evaluate(model, test, dev, cfg["train"]["amp"], cfg["train"]["eval_batch_size"], limit=limit, seed=0,
-                   bar=f"test {cfg['variant']}")
+                   bar=f"test {cfg['variant']}", detail=True)
     out = {"run_name": cfg["run_name"], "dataset": cfg["dataset"], "variant": cfg["variant"], "seed": cfg["seed"],
            "model": cfg["model"], "best_step": state["step"], "test_iters": model.slot_attention.iters,
            **({} if checkpoint is None else {"checkpoint": str(checkpoint)}),
            "val": {k: v for k, v in state["val"].items() if k != "score"},
            "test": {"note_mse": res["note_mse"], "miou": res["miou"], "recon_mse": res["recon_mse"],
-                    "examples": res["examples"]}}
+                    "examples": res["examples"], "by_notes": res["by_notes"], "oracle": res["oracle"]}}
     write_json(out_json, out)
     log.info("%s test: note MSE %.3f, mIoU %.4f (%d examples, best step %d, %d iterations)", cfg["run_name"],
              res["note_mse"], res["miou"], res["examples"], state["step"], model.slot_attention.iters)
+    log.info("ground-truth notes as slots (the metrics' floor): note MSE %.3f, mIoU %.4f; by chord size: %s",
+             res["oracle"]["note_mse"], res["oracle"]["miou"],
+             ", ".join(f"{v} notes {d['note_mse']:.2f} / {d['miou']:.3f} ({d['examples']})"
+                       for v, d in res["by_notes"].items()))
     if out_png is not None or audio_dir is not None:
         examples = decompose_examples(model, test, dev)
     if out_png is not None:
