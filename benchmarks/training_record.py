@@ -1,6 +1,7 @@
 """Record MusicSlots training runs made on a GPU (run folders brought back by
 workflow/scripts/musicslots_gpu.py unpack): steps reached, throughput, validation curve and test metrics per run,
-as ``musicslots_training_<device>.json`` and a figure of the validation curves, ``.png``, beside this script.
+as ``musicslots_training_<device>.json`` and a figure of the validation curves, ``.png``, beside this script
+(``--prefix`` names another record, e.g. a run continued on a second GPU kind, so that the earlier one stays).
 
     python benchmarks/training_record.py results/gpu_runs/none-t1-imp_true-k7 results/gpu_runs/softmax-... \\
         --note "two runs side by side on one GPU"
@@ -50,7 +51,7 @@ def plot(records: list[dict], out_png: Path) -> None:
         ax.set_xlabel("step")
     axes[1].set_yscale("log")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"MusicSlots on JSB-multi, {records[0]['device']}", fontsize=9)
+    fig.suptitle(f"MusicSlots on JSB-multi (last call on {records[0]['device']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
@@ -61,12 +62,13 @@ def main() -> None:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--note", default="", help="how the runs were made (e.g. side by side, the parameter files)")
     p.add_argument("--out", default=str(Path(__file__).parent))
+    p.add_argument("--prefix", default="musicslots_training", help="the record is <prefix>_<device of the last call>")
     args = p.parse_args()
     records = [run_record(r) for r in args.runs]
     device = records[0]["device"]
     record = {"device": device, "date": time.strftime("%Y-%m-%d"), "note": args.note, "paper": PAPER,
               "runs": records}
-    out = write_record(args.out, "musicslots_training", device, record)
+    out = write_record(args.out, args.prefix, device, record)
     plot(records, out.with_suffix(".png"))
     for rec in records:
         print(f"{rec['run_name']}: step {rec['steps']}, {rec['steps_per_second_last_call']} steps/s, test note MSE "
