@@ -212,6 +212,7 @@ def test_evaluation_output(tiny_run, tiny_params, tmp_path):
     assert sum(d["miou"] * d["examples"] for d in by.values()) / n_test == pytest.approx(ev["test"]["miou"])
     oracle = ev["test"]["oracle"]  # the ground truth as slots: the floor, far below a 3-step model
     assert oracle["miou"] > 0.99 and 0 <= oracle["note_mse"] < ev["test"]["note_mse"]
+    assert sum(d["oracle_note_mse"] * d["examples"] for d in by.values()) / n_test == pytest.approx(oracle["note_mse"])
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     check_decomposition_audio(tmp_path / "audio", data, n_slots=7)
     bare = tmp_path / "bare"  # a dataset folder without the features step's summary.json

@@ -53,7 +53,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path
              res["note_mse"], res["miou"], res["examples"], state["step"], model.slot_attention.iters)
     log.info("ground-truth notes as slots (the metrics' floor): note MSE %.3f, mIoU %.4f; by chord size: %s",
              res["oracle"]["note_mse"], res["oracle"]["miou"],
-             ", ".join(f"{v} notes {d['note_mse']:.2f} / {d['miou']:.3f} ({d['examples']})"
+             ", ".join(f"{v} notes {d['note_mse']:.2f} / {d['miou']:.3f} (floor {d['oracle_note_mse']:.2f}; "
+                       f"{d['examples']} examples)"
                        for v, d in res["by_notes"].items()))
     if out_png is not None or audio_dir is not None:
         examples = decompose_examples(model, test, dev)

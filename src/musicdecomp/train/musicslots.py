@@ -62,11 +62,11 @@ def evaluate(model: MusicSlots, data, device, amp: str, batch_size: int, limit: 
     res = {"note_mse": float(mse.mean()), "miou": float(iou.mean()), "recon_mse": float(torch.cat(rec).mean()),
            "examples": n}
     if detail:
-        sizes = np.concatenate(sizes)
+        sizes, oracle_mse = np.concatenate(sizes), np.concatenate(oracle_mse)
         res["by_notes"] = {str(v): {"examples": int((sizes == v).sum()), "note_mse": float(mse[sizes == v].mean()),
-                                    "miou": float(iou[sizes == v].mean())} for v in np.unique(sizes)}
-        res["oracle"] = {"note_mse": float(np.concatenate(oracle_mse).mean()),
-                         "miou": float(np.concatenate(oracle_iou).mean())}
+                                    "miou": float(iou[sizes == v].mean()),
+                                    "oracle_note_mse": float(oracle_mse[sizes == v].mean())} for v in np.unique(sizes)}
+        res["oracle"] = {"note_mse": float(oracle_mse.mean()), "miou": float(np.concatenate(oracle_iou).mean())}
     if keep_slots:
         res["match"] = np.concatenate(matches)
         res["slots"] = torch.cat(slots)
