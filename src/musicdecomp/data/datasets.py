@@ -105,8 +105,9 @@ def build_dataset(cfg: dict, dataset: str, chords_csv: str | Path, chords_summar
     if inaudible:
         log.warning("%s: %d rendered note(s) have no pixel at or above %s dB, so no slot can match them (IoU 0, "
                     "a large note MSE) in every example that holds them: %s. The soundfont renders them (almost) "
-                    "silent; the official data has the same notes (summary.json: inaudible_notes)", dataset,
-                    len(inaudible), mel["mask_db"], ", ".join(n["name"] for n in inaudible))
+                    "silent; the official generator renders with the same soundfont (summary.json: "
+                    "inaudible_notes)", dataset, len(inaudible), mel["mask_db"],
+                    ", ".join(n["name"] for n in inaudible))
     silent_rows = torch.tensor([bank_of[(n["pitch"], n["program"])] for n in inaudible], dtype=torch.int16)
 
     assignments = sample_assignments(chords, programs, k, seed)
