@@ -31,12 +31,13 @@ def script(*args, cwd):
 def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_override, tmp_path):
     long_runs = tmp_path / "long.yaml"  # never finishes: only the time limit stops it
     long_runs.write_text("musicslots:\n  train: {steps: 100000, cosine_steps: 100000, eval_every: 3, log_every: 1,"
-                         " checkpoint_every: 1000}\n")
+                         " checkpoint_every: 1000}\n  eval: {iters: 3}\n")  # tested with one more iteration
     params = [REPO / "params.yaml", REPO / "config/tiny.yaml", tiny_override, long_runs]
     stage = tmp_path / "stage"
     script("prepare", "--stage", stage, "--params", *params, "--variants", *VARIANTS, cwd=tiny_run)
     configs = json.loads((stage / "configs.json").read_text())
-    assert set(configs) == {"features", *VARIANTS}
+    assert set(configs) == {"features", "eval-musicslots", *VARIANTS}
+    assert configs["eval-musicslots"] == {"musicslots.eval": {"iters": 3}}
     assert configs["softmax-t2-imp_true-k3"]["model"]["mask"] == "softmax"
     assert configs["none-t2-imp_true-k3"]["model"]["dim"] == 16  # the tiny override reached the config
 
@@ -62,6 +63,7 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
         stopped_at[variant] = run["progress"]["step"]
         assert run["progress"]["steps"] == 100000 and run["progress"]["best_step"] >= 3
         assert run["test"]["best_step"] == run["progress"]["best_step"] and run["test"]["checkpoint"]
+        assert run["test"]["test_iters"] == 3 and run["test"]["model"]["iters"] == 2
         assert not (out / f"{variant}.tar").exists() and len(list(out.glob(f"{variant}.tar.part*"))) > 1
         assert all(p.stat().st_size <= 0.05 * 2**20 for p in out.glob(f"{variant}.tar.part*"))
 

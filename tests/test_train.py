@@ -226,6 +226,20 @@ def test_evaluation_output(tiny_run, tiny_params, tmp_path):
     assert ev["test_iters"] == tiny_params["musicslots"]["model"]["iters"]
     more = evaluate_run(tmp_path / "r", data, tmp_path / "t5.json", device="cpu", iters=5)  # official --test_time_iter
     assert more["test_iters"] == 5 and more["test"]["examples"] == n_test  # read back from the model evaluated
+    # from the parameters (musicslots.eval.iters), as Snakemake and DVC run it; --iters wins over them
+    from conftest import REPO
+    from musicdecomp.cli import main
+
+    override = tmp_path / "eval.yaml"
+    override.write_text("musicslots:\n  eval: {iters: 4}\n")
+    cli = ["eval-musicslots", "--params", str(REPO / "params.yaml"), str(override), "--run-dir", str(tmp_path / "r"),
+           "--data-dir", str(data), "--device", "cpu", "--limit", "2", "--out"]
+    assert main(cli + [str(tmp_path / "p4.json")]) == 0
+    assert json.loads((tmp_path / "p4.json").read_text())["test_iters"] == 4
+    assert main(cli + [str(tmp_path / "p6.json"), "--iters", "6"]) == 0
+    assert json.loads((tmp_path / "p6.json").read_text())["test_iters"] == 6
+    override.write_text("musicslots:\n  eval: {iters: 0}\n")
+    assert main(cli + [str(tmp_path / "p0.json")]) == 2 and not (tmp_path / "p0.json").exists()
 
 
 def check_decomposition_audio(audio: Path, data: Path, n_slots: int) -> None:
@@ -256,13 +270,14 @@ def check_decomposition_audio(audio: Path, data: Path, n_slots: int) -> None:
 
 
 def test_table1_aggregates_seeds(tmp_path):
-    def ev(variant, seed, mse, miou, oracle=None):
+    def ev(variant, seed, mse, miou, oracle=None, test_iters=None):
         mask, t, imp, k = variant.split("-")
-        path = tmp_path / f"{variant}-{seed}.json"
+        path = tmp_path / f"{variant}-{seed}-{test_iters}.json"
         test = {"note_mse": mse, "miou": miou, **({"oracle": oracle, "examples": 100} if oracle else {})}
         path.write_text(json.dumps({"dataset": "jsb_multi", "variant": variant, "seed": seed, "best_step": 10,
                                     "model": {"mask": mask, "time_stride": int(t[1:]), "implicit": imp == "imp_true",
-                                              "num_slots": int(k[1:])}, "test": test}))
+                                              "num_slots": int(k[1:]), "iters": 3}, "test": test,
+                                    **({"test_iters": test_iters} if test_iters else {})}))
         return path
     paths = [ev("none-t1-imp_true-k7", 0, 10.0, 0.9, {"note_mse": 9.4071, "miou": 0.9989}),
              ev("none-t1-imp_true-k7", 1, 14.0, 0.8), ev("softmax-t1-imp_true-k7", 0, 30.0, 0.5)]
@@ -276,7 +291,9 @@ def test_table1_aggregates_seeds(tmp_path):
     assert "| jsb_multi: ground-truth notes as slots (the metrics' floor) | | | | | | 9.41 | 0.999 |" in md
     csv = (tmp_path / "t.csv").read_text().splitlines()
     assert csv[0].startswith("dataset,variant,mask") and len(csv) == 1 + 2 + 2  # header, variants, floor, paper
-    assert csv[3] == "jsb_multi,ground-truth notes as slots (metric floor),,,,,,9.4071,,0.9989,"
+    assert csv[3] == "jsb_multi,ground-truth notes as slots (the metrics' floor),,,,,,9.4071,,0.9989,,"
+    assert csv[0].endswith(",test_iters") and all(line.count(",") == 11 for line in csv)
+    assert "iterations differ" not in md  # evaluated as trained (or not recorded: older evaluations)
     tex = (tmp_path / "t.tex").read_text().splitlines()
     rows_tex = [line for line in tex if line.endswith("\\\\")]
     assert all(line.count(" & ") == 7 for line in rows_tex[:3])  # header + 2 variants, 8 columns
@@ -287,6 +304,15 @@ def test_table1_aggregates_seeds(tmp_path):
     assert rows_tex[-2] == ("\\multicolumn{6}{l}{jsb\\_multi: ground-truth notes as slots (the metrics' floor)} "
                             "& $9.41$ & $0.999$ \\\\")
     assert tex[0].startswith("%") and "\\toprule" in tex and "\\bottomrule" in tex
+    # evaluated with more Slot Attention iterations than trained (musicslots.eval.iters): its own row, and said
+    more = [ev("none-t1-imp_true-k7", 0, 8.0, 0.95, test_iters=5)]
+    rows = table1(paths + more, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.tex")
+    assert [(r["mask"], r["test_iters"], r["seeds"]) for r in rows] == [("none", None, 2), ("none", 5, 1),
+                                                                       ("softmax", None, 1)]
+    assert ("Slot Attention iterations differ from training (musicslots.eval.iters): 5 at test time, 3 in "
+            "training.") in (tmp_path / "t.md").read_text()
+    assert (tmp_path / "t.csv").read_text().splitlines()[2].endswith(",8.0,0.0,0.95,0.0,5")
+    assert "5 at test time, 3 in training)." in (tmp_path / "t.tex").read_text()
     with pytest.raises(UserError, match="evaluation\\(s\\) of the sweep are missing"):
         table1(paths + [tmp_path / "nope.json"], tmp_path / "x.csv", tmp_path / "x.md")
 

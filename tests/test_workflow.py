@@ -91,6 +91,7 @@ def test_second_run_does_nothing(tiny_all, tiny_override):
       "tables": 1, "all": 1}),
     ({"musicslots": {"train": {"lr": 1e-3}}},
      {"train_musicslots": 28, "eval_musicslots": 28, "probe_musicslots": 4, "tables": 1, "all": 1}),
+    ({"musicslots": {"eval": {"iters": 3}}}, {"eval_musicslots": 28, "tables": 1, "all": 1}),
     ({"musicslots": {"sweep": {"seeds": [0, 1, 2]}}},
      {"train_musicslots": 14, "eval_musicslots": 14, "probe_musicslots": 2, "tables": 1, "all": 1}),
     ({"baselines": {"cnn": {"train": {"lr": 1e-4}}}}, {"train_baseline": 2, "probe_baseline": 2, "tables": 1, "all": 1}),

@@ -163,8 +163,10 @@ def cmd_train_musicslots(args):
 
 def cmd_eval_musicslots(args):
     from musicdecomp.eval.musicslots import evaluate_run
+    # --iters (a one-off check) wins over musicslots.eval.iters, so it needs no parameter file
+    iters = args.iters if args.iters is not None else _step_cfg(args, "eval_musicslots")["musicslots.eval"]["iters"]
     evaluate_run(args.run_dir, args.data_dir, args.out, args.figure, device=args.device, tracking=_tracking(args),
-                 checkpoint=args.checkpoint, iters=args.iters, limit=args.limit, audio_dir=args.audio_dir)
+                 checkpoint=args.checkpoint, iters=iters, limit=args.limit, audio_dir=args.audio_dir)
 
 
 def cmd_train_baseline(args):
@@ -334,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--audio-dir", help="folder for WAV files of the figure's chords, slots and matched notes")
     sp.add_argument("--checkpoint", help="evaluate this checkpoint instead of <run-dir>/best.pt, e.g. the "
                                          "ckpt/best.pt of a run that has not finished")
-    sp.add_argument("--iters", type=_positive_int, help="Slot Attention iterations at test time (default: as "
-                                                        "trained; the official eval.py's --test_time_iter)")
+    sp.add_argument("--iters", type=_positive_int, help="Slot Attention iterations at test time (the official "
+                                                        "eval.py's --test_time_iter; default: musicslots.eval.iters, "
+                                                        "and as trained when that is null)")
     sp.add_argument("--limit", type=_positive_int, help="only the first N test examples (a quick check, e.g. of a "
                                                         "GPU checkpoint on CPU: under 1 s per paper-size example)")
     sp = add("train-baseline", cmd_train_baseline, "train (or resume) one baseline run (vae-kl<w> or cnn)")

@@ -72,11 +72,13 @@ rule eval_musicslots:
         figure=f"{RUN_DIR}/test_examples.png",
         audio=directory(f"{RUN_DIR}/test_audio"),
     params:
+        cfg=step_params("eval_musicslots"),
         run_dir=RUN_DIR,
     log:
         "logs/musicslots/{dataset}/{variant}/seed{seed}/eval.log",
     shell:
-        "{PY} -m musicdecomp eval-musicslots --run-dir {params.run_dir} --data-dir results/data/{wildcards.dataset}"
+        "{PY} -m musicdecomp eval-musicslots --config {params.cfg:q} --run-dir {params.run_dir}"
+        " --data-dir results/data/{wildcards.dataset}"
         " --out {output.json} --figure {output.figure} --audio-dir {output.audio} {TRACKING} --log {log}"
 
 

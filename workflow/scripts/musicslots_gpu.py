@@ -51,6 +51,7 @@ SPEED_OPTIONS = ("channels_last", "cudnn_benchmark")  # musicdecomp.train.loop.S
 DATASET = "jsb_multi"
 INPUTS = {"chords.csv": "results/data/jsb/chords.csv", "summary.json": "results/data/jsb/summary.json",
           "notes.pt": "results/data/notes/notes.pt"}
+STEP_CONFIGS = ("features", "eval-musicslots")  # the entries of configs.json that are not runs
 EVAL_RESERVE_S = 75  # test evaluation, figures and packing after training stops
 CARRIED = ("ckpt/last.pt", "metrics.jsonl", "progress.json")  # what continues a run elsewhere
 
@@ -68,8 +69,8 @@ def prepare(args) -> None:
     for name, src in INPUTS.items():
         shutil.copyfile(src, stage / name)
     params = ["--params", *args.params]
-    configs = {"features": json.loads(subprocess.check_output(
-        musicdecomp("config", "features", "--dataset", DATASET, *params)))}
+    configs = {name: json.loads(subprocess.check_output(musicdecomp("config", name, *extra, *params)))
+               for name, extra in (("features", ("--dataset", DATASET)), ("eval-musicslots", ()))}
     for variant in args.variants:
         configs[variant] = json.loads(subprocess.check_output(musicdecomp(
             "config", "train-musicslots", "--dataset", DATASET, "--variant", variant, "--seed", str(args.seed),
@@ -94,7 +95,9 @@ def run(args) -> None:
     stage, out, work = Path(args.stage), Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     configs = json.loads((stage / "configs.json").read_text())
-    variants = [v for v in configs if v != "features"]
+    variants = [v for v in configs if v not in STEP_CONFIGS]
+    # a stage prepared before musicslots.eval existed evaluates as trained
+    eval_cfg = configs.get("eval-musicslots", {"musicslots.eval": {"iters": None}})
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MUSICDECOMP_PROGRESS": "0"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     gpu = None
@@ -184,7 +187,8 @@ def run(args) -> None:
         evals[variant] = subprocess.Popen(musicdecomp(
             "eval-musicslots", "--run-dir", str(run_dir), "--data-dir", str(data_dir), "--out",
             str(run_dir / "test.json"), "--figure", str(run_dir / "test.png"), "--device", args.device,
-            "--checkpoint", str(ckpt), "--log", str(run_dir / "eval.log")), env=env, stderr=subprocess.PIPE,
+            "--checkpoint", str(ckpt), "--config", json.dumps(eval_cfg), "--log", str(run_dir / "eval.log")),
+            env=env, stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL, text=True)
     for variant, proc in evals.items():
         _, err = proc.communicate()
