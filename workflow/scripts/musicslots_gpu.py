@@ -188,8 +188,7 @@ def run(args) -> None:
             "eval-musicslots", "--run-dir", str(run_dir), "--data-dir", str(data_dir), "--out",
             str(run_dir / "test.json"), "--figure", str(run_dir / "test.png"), "--device", args.device,
             "--checkpoint", str(ckpt), "--config", json.dumps(eval_cfg), "--log", str(run_dir / "eval.log")),
-            env=env, stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, text=True)
+            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     for variant, proc in evals.items():
         _, err = proc.communicate()
         if proc.returncode:
