@@ -87,6 +87,7 @@ def test_missing_explicit_path(in_tmp):
 
 @pytest.mark.parametrize("content, words", [
     (b'{"train": [[[60, 64]]', "is not valid JSON"),
+    (b'\xff\xfe{"train"', "bad.json cannot be read"),
     (b'{"train": [], "valid": []}', "does not hold the JSB splits"),
     (b'{"train": [[["C4"]]], "valid": [], "test": []}', "split 'train' is not a list of chorales"),
 ])

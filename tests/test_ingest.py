@@ -62,7 +62,7 @@ def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, 
 
 
 def test_ingest_errors_name_the_file(tmp_path):
-    with pytest.raises(UserError, match="config.json is missing"):
+    with pytest.raises(UserError, match="config.json does not exist; is this a training run folder"):
         ingest_run(tmp_path, {"mlflow_uri": f"sqlite:///{tmp_path}/m.db", "experiment": "x"})
     (tmp_path / "config.json").write_text(json.dumps({"run_name": "a/b/seed0"}))
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train/loss": 2.0}\n{"train/loss": \n')

@@ -315,6 +315,11 @@ def test_table1_aggregates_seeds(tmp_path):
     assert "5 at test time, 3 in training)." in (tmp_path / "t.tex").read_text()
     with pytest.raises(UserError, match="evaluation\\(s\\) of the sweep are missing"):
         table1(paths + [tmp_path / "nope.json"], tmp_path / "x.csv", tmp_path / "x.md")
+    # a damaged evaluation is named with its fix, and no table is written
+    (tmp_path / "cut.json").write_text('{"dataset": "jsb_multi", "variant": ')
+    with pytest.raises(UserError, match=r"cut\.json is not valid JSON \(.*\); rerun its eval step"):
+        table1(paths + [tmp_path / "cut.json"], tmp_path / "y.csv", tmp_path / "y.md")
+    assert not (tmp_path / "y.csv").exists() and not (tmp_path / "y.md").exists()
 
 
 def test_test_time_iterations_must_be_positive(capsys):

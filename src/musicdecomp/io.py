@@ -28,6 +28,21 @@ def load_torch(path: str | os.PathLike, what: str, missing: str, unreadable: str
         raise UserError(f"{path} is not {what} ({type(e).__name__}); {unreadable}") from None
 
 
+def read_json(path: str | os.PathLike, missing: str, unreadable: str | None = None):
+    """Parse a JSON file. A missing file raises "<path> does not exist; <missing>", an unreadable or
+    malformed one "<path> is not valid JSON (<error>); <unreadable>" (``unreadable`` defaults to ``missing``)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; {missing}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: {e}); {unreadable or missing}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); {unreadable or missing}") from None
+
+
 def sha256_of(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

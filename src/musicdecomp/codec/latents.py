@@ -8,7 +8,6 @@ one subset in the order of the index's chunk list; ``codes_to_latent`` turns the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 from musicdecomp.codec.model import encode_codes
 from musicdecomp.data.stems import read_position
 from musicdecomp.errors import UserError
-from musicdecomp.io import atomic_path, load_torch
+from musicdecomp.io import atomic_path, load_torch, read_json
 from musicdecomp.logs import get_logger, progress
 
 log = get_logger("latents")
@@ -26,10 +25,7 @@ log = get_logger("latents")
 def cache_codes(model, index_path: str | Path, out: str | Path, batch: int = 8,
                 device: torch.device | str = "cpu", codec_info: dict | None = None) -> dict:
     index_path = Path(index_path)
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{index_path} is not a readable stems index ({e}); rerun the stems step") from None
+    index = read_json(index_path, "rerun the stems step")
     folder, subsets = index_path.parent / index["folder"], index["subsets"]
     positions = sorted({tuple(p) for name in subsets for p in index["chunks"][name]})
     where = {p: i for i, p in enumerate(positions)}

@@ -6,7 +6,6 @@ validation by the MS-STFT distance on fixed crops of the validation split.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from musicdecomp.codec.model import build_encodec
 from musicdecomp.errors import UserError
 from musicdecomp.eval.msstft import ms_stft_distance
+from musicdecomp.io import read_json
 from musicdecomp.train.loop import pick_device, run_training
 
 
@@ -36,7 +36,7 @@ class CropSampler:
 
     def __init__(self, index_path: Path, crop: int):
         self.index_path = Path(index_path)
-        index = json.loads(self.index_path.read_text())
+        index = read_json(self.index_path, "run the stems step first (codec.trained trains on its renders)")
         self.folder = self.index_path.parent / index["folder"]
         self.renders = [r for r in index["renders"] if r["n_samples"] > crop]
         if not self.renders:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from musicdecomp.errors import UserError
-from musicdecomp.io import atomic_path, load_torch, write_json
+from musicdecomp.io import atomic_path, load_torch, read_json, write_json
 from musicdecomp.logs import get_logger, progress
 from musicdecomp.pipeline import SPLITS
 
@@ -72,8 +72,6 @@ def expected_counts(chords: list[tuple[tuple[int, ...], str]], n_programs: int, 
 def build_dataset(cfg: dict, dataset: str, chords_csv: str | Path, chords_summary: str | Path,
                   notes_pt: str | Path, out_dir: str | Path) -> dict:
     """The features step: chords + rendered notes -> {train,valid,test}.pt and summary.json for ``dataset``."""
-    import json
-
     from musicdecomp.data.jsb import read_chords
     from musicdecomp.data.mel import MelFeatures, check_lengths
 
@@ -81,10 +79,10 @@ def build_dataset(cfg: dict, dataset: str, chords_csv: str | Path, chords_summar
     mel = cfg["data.mel"]
     programs, k, seed = ds["programs"], ds["assignments_per_chord"], ds["seed"]
     chords = read_chords(chords_csv)
-    try:
-        pitches = json.loads(Path(chords_summary).read_text())["pitches"]
-    except (OSError, ValueError, KeyError):
-        raise UserError(f"{chords_summary} is missing or not a chords summary; rerun the chords step") from None
+    summary = read_json(chords_summary, "rerun the chords step")
+    if not isinstance(summary, dict) or "pitches" not in summary:
+        raise UserError(f"{chords_summary} is not a chords summary (it has no pitches); rerun the chords step")
+    pitches = summary["pitches"]
     notes = load_torch(notes_pt, "a notes file", "run the render step first", "rerun the render step")
     check_lengths(mel, notes["audio"].shape[-1])
     max_voices = max(len(c) for c, _ in chords)

@@ -9,13 +9,12 @@ splits (pooled), chords with fewer than ``min_notes`` notes dropped, shuffled wi
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
 from musicdecomp.errors import UserError
-from musicdecomp.io import copy_file, download, sha256_of, verify_sha256, write_json, atomic_path
+from musicdecomp.io import atomic_path, copy_file, download, read_json, sha256_of, verify_sha256, write_json
 from musicdecomp.logs import get_logger
 from musicdecomp.pipeline import SPLITS
 
@@ -32,12 +31,7 @@ def read_splits_json(path: str | Path, key: str) -> tuple[dict, str]:
     Returns the data and the fix to suggest for a bad file."""
     path = Path(path)
     fix = f"delete it and rerun to fetch a fresh copy, or point {key}.json_path at a good file"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; run its fetch step or set {key}.json_path") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); {fix}") from None
+    data = read_json(path, f"run its fetch step or set {key}.json_path", fix)
     if not isinstance(data, dict) or any(k not in data for k in ORIGINAL_SPLITS):
         raise UserError(f"{path} does not hold the JSB splits {list(ORIGINAL_SPLITS)}; {fix}")
     return data, fix

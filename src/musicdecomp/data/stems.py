@@ -18,7 +18,6 @@ below ``min_rms``. The mixture of a chunk is the mean of its classes (``load_chu
 
 from __future__ import annotations
 
-import json
 import random
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -29,7 +28,7 @@ import numpy as np
 from musicdecomp.data.chunks import chunk_signals
 from musicdecomp.data.drums import drum_part
 from musicdecomp.errors import UserError
-from musicdecomp.io import atomic_path, sha256_of, write_json
+from musicdecomp.io import atomic_path, read_json, sha256_of, write_json
 from musicdecomp.logs import get_logger, progress
 from musicdecomp.pipeline import SPLITS
 
@@ -233,7 +232,7 @@ def index_chunks(renders: list[dict], folder: Path, s: dict) -> dict:
 def load_chunk(index_path: str | Path, subset: str, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The ``i``-th kept chunk of ``subset``: ({class: audio}, mixture = mean of the classes)."""
     index_path = Path(index_path)
-    return chunk_audio(json.loads(index_path.read_text()), index_path.parent, subset, i)
+    return chunk_audio(read_json(index_path, "rerun the stems step"), index_path.parent, subset, i)
 
 
 def read_position(index: dict, folder: Path, position: tuple[int, int]) -> np.ndarray:

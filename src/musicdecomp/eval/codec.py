@@ -10,7 +10,6 @@ it), a figure of original | decoded spectrograms and the latent, and WAV files o
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from musicdecomp.codec.source import load_codec
 from musicdecomp.data.stems import read_position
 from musicdecomp.errors import UserError
 from musicdecomp.eval.msstft import ms_stft_distance
-from musicdecomp.io import atomic_dir, atomic_path, write_json, write_text
+from musicdecomp.io import atomic_dir, atomic_path, read_json, write_json, write_text
 from musicdecomp.logs import get_logger, progress
 
 log = get_logger("eval_codec")
@@ -49,7 +48,7 @@ def evaluate_codec(cfg: dict, model_path: str | Path, codes_path: str | Path, in
     model = model.to(dev)
     payload = load_codes(codes_path)
     index_path = Path(index_path)
-    index = json.loads(index_path.read_text())
+    index = read_json(index_path, "rerun the stems step")
     folder, chunk_len = index_path.parent / index["folder"], index["chunk_len"]
     if payload["bandwidth"] != info["bandwidth"] or payload.get("codec", {}).get("sha256") != info["sha256"]:
         raise UserError(f"{codes_path} was cached with another codec than {model_path}; rerun the cache_codes step")

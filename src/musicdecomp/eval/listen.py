@@ -8,14 +8,13 @@ chord is rebuilt the same way, so chord, reconstruction, slots and notes are com
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from musicdecomp.data.mel import db_to_power
 from musicdecomp.errors import UserError
-from musicdecomp.io import atomic_dir, write_json
+from musicdecomp.io import atomic_dir, read_json, write_json
 
 
 class MelInverter:
@@ -41,11 +40,9 @@ def dataset_audio_settings(data_dir: str | Path) -> tuple[dict, int]:
     """The mel settings and sample rate a dataset was built with (from its ``summary.json``)."""
     path = Path(data_dir) / "summary.json"
     fix = f"rebuild the dataset with the features step (snakemake --cores 2 {path})"
+    summary = read_json(path, fix)
     try:
-        summary = json.loads(path.read_text())
         return summary["mel"], int(summary["render"]["sample_rate"])
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; {fix}") from None
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} has no usable mel / render settings ({type(e).__name__}: {e}); {fix}") from None
 

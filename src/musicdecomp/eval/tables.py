@@ -3,13 +3,12 @@ best mean of each column per dataset in bold)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from musicdecomp.errors import UserError
-from musicdecomp.io import write_text
+from musicdecomp.io import read_json, write_text
 
 # The only published numbers at hand (an unverified summary of the paper: "note MSE 13.47 and mIoU 0.91 on
 # Bach Chorales" for the best variant); shown beside ours, labelled as such.
@@ -67,7 +66,7 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
     if missing:
         raise UserError(f"{len(missing)} evaluation(s) of the sweep are missing, e.g. {missing[0]}; "
                         f"run the eval step for them (snakemake builds them with the table)")
-    runs = [json.loads(Path(p).read_text()) for p in eval_jsons]
+    runs = [read_json(p, "rerun its eval step (eval-musicslots)") for p in eval_jsons]
     groups: dict[tuple[str, str, int | None], list[dict]] = {}
     for r in runs:  # evaluations with other test-time iterations (musicslots.eval.iters) are other rows
         groups.setdefault((r["dataset"], r["variant"], r.get("test_iters")), []).append(r)
@@ -155,7 +154,7 @@ def table2(probe_jsons: list[str | Path], out_csv: str | Path, out_md: str | Pat
     if missing:
         raise UserError(f"{len(missing)} probe result(s) are missing, e.g. {missing[0]}; run their probe step")
     groups: dict[tuple[str, str, str], list[dict]] = {}
-    for r in (json.loads(Path(p).read_text()) for p in probe_jsons):
+    for r in (read_json(p, "rerun its probe step") for p in probe_jsons):
         groups.setdefault((r["dataset"], r["model"], r["name"]), []).append(r)
     order = {"musicslots": 0, "vae": 1, "cnn": 2}
     rows = []

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from musicdecomp.errors import UserError
+from musicdecomp.io import read_json
 from musicdecomp.logs import get_logger
 from musicdecomp.train.tracking import ensure_experiment, flat_params, log_artifact_path, metric_key
 
@@ -27,15 +28,6 @@ SOURCE_TAG = "musicdecomp.ingested_from"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 ARTIFACTS = ("best.pt", "ckpt/best.pt", "train.json", "progress.json", "test.json", "test.png", "curves.png",
              "train.log", "eval.log", "metrics.jsonl", "test_audio")  # test_audio/: eval-musicslots --audio-dir
-
-
-def _read_json(path: Path, fix: str) -> dict:
-    if not path.exists():
-        raise UserError(f"{path} is missing: {fix}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}): {fix}") from None
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -64,11 +56,11 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a folder: give a run folder (e.g. one that musicslots_gpu.py unpack "
                         f"wrote)")
-    cfg = _read_json(run_dir / "config.json", "is this a training run folder (config.json, metrics.jsonl)?")
+    cfg = read_json(run_dir / "config.json", "is this a training run folder (config.json, metrics.jsonl)?")
     if "run_name" not in cfg:
         raise UserError(f"{run_dir / 'config.json'} has no run_name: is this a training run folder?")
     rows = read_metrics(run_dir / "metrics.jsonl")
-    progress, test = ({} if not (run_dir / name).exists() else _read_json(run_dir / name, fix) for name, fix in (
+    progress, test = ({} if not (run_dir / name).exists() else read_json(run_dir / name, fix) for name, fix in (
         ("progress.json", "train the run again to its next checkpoint"),
         ("test.json", "evaluate the run again (eval-musicslots)")))
     finished = (run_dir / "train.json").exists()
