@@ -98,3 +98,25 @@ def test_oracle_slots_score_the_metrics_floor():
     assert m["mse"][0] == pytest.approx(0.0, abs=1e-6) and m["iou"][0] == pytest.approx(1.0)
     few = oracle_slot_db(notes, valid, num_slots=2)  # fewer slots than notes: as many slots as notes
     assert few.shape == (1, 3, 8, 4) and torch.equal(few, slots[:, :3])
+
+
+def test_slot_restart_record_selects_per_chord(monkeypatch):
+    """benchmarks/musicslots_slot_restarts.py: per chord, the restart with the best reconstruction (input only) and
+    the one with the best note MSE (the ground-truth bound) are chosen independently."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from musicslots_slot_restarts import summarise
+
+    m = {"n": 3, "floor": np.array([1.0, 2.0, 3.0]),
+         "mse": np.array([[10.0, 20.0, 30.0], [40.0, 5.0, 30.0]]),   # (restarts, chords)
+         "iou": np.array([[0.9, 0.5, 0.7], [0.1, 0.8, 0.7]]),
+         "rec": np.array([[1.0, 3.0, 2.0], [2.0, 4.0, 1.0]])}
+    s = summarise(m)
+    assert s["floor_note_mse"] == pytest.approx(2.0)
+    assert [r["note_mse"] for r in s["single_pass"]] == pytest.approx([20.0, 25.0])
+    assert s["select_by_recon"]["note_mse"] == pytest.approx((10 + 20 + 30) / 3)   # restarts 0, 0, 1
+    assert s["select_by_recon"]["miou"] == pytest.approx((0.9 + 0.5 + 0.7) / 3)
+    assert s["select_by_note_mse (ground truth: a bound)"]["note_mse"] == pytest.approx((10 + 5 + 30) / 3)
+    assert s["per_chord_note_mse_spread"]["median"] == pytest.approx(15.0)
+    assert s["share_same_choice_recon_and_note_mse"] == pytest.approx(1 / 3)  # chord 3 ties: the first restart
