@@ -43,7 +43,8 @@ def restart_metrics(model, data, device, amp: str, batch_size: int, limit: int, 
     model.eval()
     gens = [torch.Generator(device=device).manual_seed(seed + r) for r in range(restarts)]
     n = min(limit, len(data))
-    mse, iou, rec, floor = [[] for _ in range(restarts)], [[] for _ in range(restarts)], [[] for _ in range(restarts)], []
+    mse, iou, rec = ([[] for _ in range(restarts)] for _ in range(3))
+    floor = []
     for start in progress(range(0, n, batch_size), desc=f"{restarts} restarts", unit="batch"):
         b = data.batch(torch.arange(start, min(start + batch_size, n), device=device))
         for r, gen in enumerate(gens):
@@ -106,7 +107,9 @@ def main() -> None:
     m = restart_metrics(model, test, dev, cfg["train"]["amp"], cfg["train"]["eval_batch_size"], a.limit, a.restarts)
     record = {"what": __doc__.splitlines()[0], "run": str(a.run), "variant": cfg["variant"],
               "checkpoint": a.checkpoint or "best.pt", "step": state["step"], "test_iters": model.slot_attention.iters,
-              "examples": m["n"], "restarts": a.restarts, "device": device_name(dev) + ", float32" * (dev.type == "cpu"), "seconds": round(time.perf_counter() - t),
+              "examples": m["n"], "restarts": a.restarts,
+              "device": device_name(dev) + (", float32" if dev.type == "cpu" else f", {cfg['train']['amp']}"),
+              "seconds": round(time.perf_counter() - t),
               "date": time.strftime("%Y-%m-%d"), **summarise(m)}
     Path(a.out).write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
