@@ -120,3 +120,26 @@ def test_slot_restart_record_selects_per_chord(monkeypatch):
     assert s["select_by_note_mse (ground truth: a bound)"]["note_mse"] == pytest.approx((10 + 5 + 30) / 3)
     assert s["per_chord_note_mse_spread"]["median"] == pytest.approx(15.0)
     assert s["share_same_choice_recon_and_note_mse"] == pytest.approx(1 / 3)  # chord 3 ties: the first restart
+
+
+def test_error_analysis_groups_the_excess_over_the_floor(monkeypatch):
+    """benchmarks/musicslots_error_analysis.py: per-note costs under the Hungarian matching, and the excess over
+    the floor grouped, with its concentration and the sounding slots per chord size."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from musicslots_error_analysis import matched, summarise
+
+    # note 0 is cheapest in slot 1, note 1 must then take slot 0 (total 1 + 3 beats 2 + 5)
+    assert matched(np.array([[2.0, 1.0], [3.0, 5.0]])).tolist() == [1.0, 3.0]
+    row = dict(notes=2, instrument="Flute", octave_partner=False, same_instrument_partner=True, sounding_slots=3)
+    rows = [dict(row, chord=0, midi=60, note_mse=12.0, floor=2.0), dict(row, chord=0, midi=72, note_mse=4.0, floor=2.0),
+            dict(row, chord=1, midi=84, instrument="Violin", note_mse=30.0, floor=0.0, sounding_slots=2)]
+    s = summarise(rows)
+    assert s["all"] == {"notes": 3, "note_mse": pytest.approx(46 / 3), "floor": pytest.approx(4 / 3),
+                        "excess": pytest.approx(14.0)}
+    assert s["by_instrument"]["Violin"]["excess"] == pytest.approx(30.0)
+    assert set(s["by_register"]) == {"G#3-G4", "G#4-G5", "G#5 and up"}  # C4, C5, C6
+    assert s["excess_share_of_worst_10pct_notes"] == pytest.approx(30 / 42)
+    assert s["notes_with_excess_above_20"] == {"share": pytest.approx(1 / 3), "share_of_excess": pytest.approx(30 / 42)}
+    assert s["sounding_slots_per_chord"] == {"2": pytest.approx(2.5)}

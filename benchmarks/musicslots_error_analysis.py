@@ -1,0 +1,131 @@
+"""Where a trained MusicSlots model's note MSE above the floor comes from, note by note.
+
+For each ground-truth note of the first ``--limit`` test chords: its matched note MSE (the eval step's
+Hungarian matching, one stochastic pass, noise seed 0), the same for the ground-truth notes scored as slots
+(the floor), and the excess between them. Grouped by instrument, register, whether another note of the chord
+is an octave (or unison) away and whether another note has the same instrument; plus how concentrated the
+excess is and how many slots carry sound (any pixel at or above the mask threshold) per chord size.
+
+    python benchmarks/musicslots_error_analysis.py --run results/gpu_runs/none-t1-imp_true-k7 \
+        --checkpoint results/gpu_runs/none-t1-imp_true-k7/ckpt/best.pt --data results/data/jsb_multi \
+        --limit 512 --out benchmarks/musicslots_error_analysis_step76000.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from benchlib import device_name
+from scipy.optimize import linear_sum_assignment
+
+from musicdecomp.data.datasets import load_split
+from musicdecomp.data.figures import midi_name
+from musicdecomp.eval.metrics import cost_matrices, oracle_slot_db
+from musicdecomp.logs import progress
+from musicdecomp.train.loop import autocast, load_best, load_checkpoint, pick_device
+from musicdecomp.train.musicslots import build_model
+
+REGISTERS = ((0, 55), (56, 67), (68, 79), (80, 127))  # MIDI ranges (inclusive)
+
+
+def matched(cost: np.ndarray) -> np.ndarray:
+    """Per note (row), its cost under the minimising Hungarian matching."""
+    r, c = linear_sum_assignment(cost)
+    out = np.empty(len(cost))
+    out[r] = cost[r, c]
+    return out
+
+
+@torch.no_grad()
+def note_rows(model, data, device, amp: str, batch_size: int, limit: int) -> list[dict]:
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(0)
+    n, rows = min(limit, len(data)), []
+    for start in progress(range(0, n, batch_size), desc="notes", unit="batch"):
+        b = data.batch(torch.arange(start, min(start + batch_size, n), device=device))
+        with autocast(device, amp):
+            out = model(b["chord"], generator=gen)
+        slots = model.slot_db(out)
+        mse, _ = cost_matrices(b["notes"], slots, data.mask_db)
+        floor, _ = cost_matrices(b["notes"], oracle_slot_db(b["notes"], b["valid"], model.num_slots, model.amin,
+                                                             model.top_db), data.mask_db)
+        sounding = (slots >= data.mask_db).flatten(2).any(-1).sum(-1).cpu()
+        for i in range(len(mse)):
+            v = int(b["n_notes"][i])
+            err, flo = matched(mse[i, :v].cpu().numpy()), matched(floor[i, :v].cpu().numpy())
+            midi = [data.pitches[p] for p in b["pitch"][i, :v].tolist()]
+            inst = b["instrument"][i, :v].tolist()
+            for j in range(v):
+                rest = [k for k in range(v) if k != j]
+                rows.append({"chord": start + i, "notes": v, "midi": midi[j],
+                             "instrument": data.program_names[inst[j]],
+                             "octave_partner": any((midi[k] - midi[j]) % 12 == 0 for k in rest),
+                             "same_instrument_partner": any(inst[k] == inst[j] for k in rest),
+                             "note_mse": float(err[j]), "floor": float(flo[j]), "sounding_slots": int(sounding[i])})
+    return rows
+
+
+def group(rows: list[dict], key) -> dict:
+    out: dict = {}
+    for r in rows:
+        out.setdefault(key(r), []).append(r)
+    return {str(k): {"notes": len(rs), "note_mse": float(np.mean([r["note_mse"] for r in rs])),
+                     "floor": float(np.mean([r["floor"] for r in rs])),
+                     "excess": float(np.mean([r["note_mse"] - r["floor"] for r in rs]))}
+            for k, rs in sorted(out.items())}
+
+
+def summarise(rows: list[dict]) -> dict:
+    excess = np.sort(np.array([r["note_mse"] - r["floor"] for r in rows]))[::-1]
+    top = max(1, len(excess) // 10)
+    register = {(f"up to {midi_name(hi)}" if lo == 0 else f"{midi_name(lo)} and up" if hi == 127
+                 else f"{midi_name(lo)}-{midi_name(hi)}"): (lo, hi) for lo, hi in REGISTERS}
+    chords = {}
+    for r in rows:
+        chords[r["chord"]] = (r["notes"], r["sounding_slots"])
+    return {
+        "all": group(rows, lambda r: "all")["all"],
+        "by_instrument": group(rows, lambda r: r["instrument"]),
+        "by_register": group(rows, lambda r: next(k for k, (lo, hi) in register.items() if lo <= r["midi"] <= hi)),
+        "by_octave_partner": group(rows, lambda r: r["octave_partner"]),
+        "by_same_instrument_partner": group(rows, lambda r: r["same_instrument_partner"]),
+        "excess_share_of_worst_10pct_notes": float(excess[:top].sum() / excess.sum()),
+        "notes_with_excess_above_20": {"share": float((excess > 20).mean()),
+                                       "share_of_excess": float(excess[excess > 20].sum() / excess.sum())},
+        "sounding_slots_per_chord": {str(v): float(np.mean([s for n, s in chords.values() if n == v]))
+                                     for v in sorted({n for n, _ in chords.values()})},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="training run folder (its best.pt, or --checkpoint)")
+    p.add_argument("--checkpoint", help="a checkpoint file instead of the run's best.pt")
+    p.add_argument("--data", required=True, help="dataset folder holding test.pt")
+    p.add_argument("--limit", type=int, default=512, help="first N test chords")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="JSON record to write")
+    a = p.parse_args()
+    dev = pick_device(a.device)
+    state = load_best(a.run) if a.checkpoint is None else load_checkpoint(a.checkpoint)
+    cfg = state["config"]
+    test = load_split(Path(a.data) / "test.pt", dev)
+    model = build_model(cfg["model"], tuple(test.chord_db.shape[-2:])).to(dev)
+    model.load_state_dict(state["model"])
+    t = time.perf_counter()
+    rows = note_rows(model, test, dev, cfg["train"]["amp"], cfg["train"]["eval_batch_size"], a.limit)
+    record = {"what": __doc__.splitlines()[0], "run": str(a.run), "variant": cfg["variant"],
+              "checkpoint": a.checkpoint or "best.pt", "step": state["step"], "chords": min(a.limit, len(test)),
+              "device": device_name(dev) + (", float32" if dev.type == "cpu" else f", {cfg['train']['amp']}"),
+              "seconds": round(time.perf_counter() - t), "date": time.strftime("%Y-%m-%d"), **summarise(rows)}
+    Path(a.out).write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
