@@ -41,3 +41,47 @@ def write_record(out_dir: str | Path, prefix: str, name: str, record: dict) -> P
 def device_slug(name: str) -> str:
     """The device part of a record's file name: "NVIDIA H100 80GB HBM3" -> "nvidia_h100_80gb_hbm3"."""
     return "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).strip("_").lower()
+
+
+# --- scripts that study one trained MusicSlots checkpoint on the test split ---------------------------------
+
+def checkpoint_parser(doc: str):
+    """Arguments shared by those scripts: --run, --checkpoint, --data, --limit, --device, --out."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--run", required=True, help="training run folder (its best.pt, or --checkpoint)")
+    p.add_argument("--checkpoint", help="a checkpoint file instead of the run's best.pt")
+    p.add_argument("--data", required=True, help="dataset folder holding test.pt")
+    p.add_argument("--limit", type=int, default=512, help="first N test chords")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="JSON record to write")
+    return p
+
+
+def load_trained(args) -> tuple[torch.device, dict, object, torch.nn.Module]:
+    """(device, checkpoint state, test split, model with the checkpoint's weights) for ``checkpoint_parser``'s args."""
+    from musicdecomp.data.datasets import load_split
+    from musicdecomp.train.loop import load_best, load_checkpoint, pick_device
+    from musicdecomp.train.musicslots import build_model
+
+    dev = pick_device(args.device)
+    state = load_best(args.run) if args.checkpoint is None else load_checkpoint(args.checkpoint)
+    test = load_split(Path(args.data) / "test.pt", dev)
+    model = build_model(state["config"]["model"], tuple(test.chord_db.shape[-2:])).to(dev)
+    model.load_state_dict(state["model"])
+    return dev, state, test, model
+
+
+def checkpoint_record(doc: str, args, state: dict, dev: torch.device, seconds: float, **fields) -> dict:
+    """The head of such a script's record (what, run, checkpoint, step, device and precision, time, date)."""
+    cfg = state["config"]
+    return {"what": doc.splitlines()[0], "run": str(args.run), "variant": cfg["variant"],
+            "checkpoint": args.checkpoint or "best.pt", "step": state["step"],
+            "device": device_name(dev) + (", float32" if dev.type == "cpu" else f", {cfg['train']['amp']}"),
+            "seconds": round(seconds), "date": time.strftime("%Y-%m-%d"), **fields}
+
+
+def save_record(path: str | Path, record: dict) -> None:
+    Path(path).write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record, indent=1))

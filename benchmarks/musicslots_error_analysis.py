@@ -13,22 +13,18 @@ excess is and how many slots carry sound (any pixel at or above the mask thresho
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from benchlib import device_name
 from scipy.optimize import linear_sum_assignment
 
-from musicdecomp.data.datasets import load_split
 from musicdecomp.data.figures import midi_name
 from musicdecomp.eval.metrics import cost_matrices, oracle_slot_db
 from musicdecomp.logs import progress
-from musicdecomp.train.loop import autocast, load_best, load_checkpoint, pick_device
-from musicdecomp.train.musicslots import build_model
+from musicdecomp.train.loop import autocast
+
+from benchlib import checkpoint_parser, checkpoint_record, load_trained, save_record
 
 REGISTERS = ((0, 55), (56, 67), (68, 79), (80, 127))  # MIDI ranges (inclusive)
 
@@ -103,28 +99,12 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True, help="training run folder (its best.pt, or --checkpoint)")
-    p.add_argument("--checkpoint", help="a checkpoint file instead of the run's best.pt")
-    p.add_argument("--data", required=True, help="dataset folder holding test.pt")
-    p.add_argument("--limit", type=int, default=512, help="first N test chords")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help="JSON record to write")
-    a = p.parse_args()
-    dev = pick_device(a.device)
-    state = load_best(a.run) if a.checkpoint is None else load_checkpoint(a.checkpoint)
-    cfg = state["config"]
-    test = load_split(Path(a.data) / "test.pt", dev)
-    model = build_model(cfg["model"], tuple(test.chord_db.shape[-2:])).to(dev)
-    model.load_state_dict(state["model"])
-    t = time.perf_counter()
-    rows = note_rows(model, test, dev, cfg["train"]["amp"], cfg["train"]["eval_batch_size"], a.limit)
-    record = {"what": __doc__.splitlines()[0], "run": str(a.run), "variant": cfg["variant"],
-              "checkpoint": a.checkpoint or "best.pt", "step": state["step"], "chords": min(a.limit, len(test)),
-              "device": device_name(dev) + (", float32" if dev.type == "cpu" else f", {cfg['train']['amp']}"),
-              "seconds": round(time.perf_counter() - t), "date": time.strftime("%Y-%m-%d"), **summarise(rows)}
-    Path(a.out).write_text(json.dumps(record, indent=1) + "\n")
-    print(json.dumps(record, indent=1))
+    a = checkpoint_parser(__doc__).parse_args()
+    dev, state, test, model = load_trained(a)
+    tc, t = state["config"]["train"], time.perf_counter()
+    rows = note_rows(model, test, dev, tc["amp"], tc["eval_batch_size"], a.limit)
+    save_record(a.out, checkpoint_record(__doc__, a, state, dev, time.perf_counter() - t,
+                                         chords=min(a.limit, len(test)), **summarise(rows)))
 
 
 if __name__ == "__main__":

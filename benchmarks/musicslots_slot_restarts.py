@@ -18,21 +18,16 @@ wrong way from any initialisation); if it is far below, the errors come from unl
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchlib import device_name
-
-from musicdecomp.data.datasets import load_split
 from musicdecomp.eval.metrics import note_metrics, oracle_slot_db
 from musicdecomp.logs import progress
-from musicdecomp.train.loop import autocast, load_best, load_checkpoint, pick_device
-from musicdecomp.train.musicslots import build_model
+from musicdecomp.train.loop import autocast
+
+from benchlib import checkpoint_parser, checkpoint_record, load_trained, save_record
 
 
 @torch.no_grad()
@@ -83,36 +78,20 @@ def summarise(m: dict) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True, help="training run folder (its best.pt, or --checkpoint)")
-    p.add_argument("--checkpoint", help="a checkpoint file instead of the run's best.pt")
-    p.add_argument("--data", required=True, help="dataset folder holding test.pt")
-    p.add_argument("--limit", type=int, default=512, help="first N test chords")
+    p = checkpoint_parser(__doc__)
     p.add_argument("--restarts", type=int, default=4)
     p.add_argument("--iters", type=int, help="Slot Attention iterations at test time (default: as trained)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help="JSON record to write")
     a = p.parse_args()
     if a.restarts < 2 or a.limit < 1:
         p.error("--restarts must be at least 2 and --limit at least 1")
-    dev = pick_device(a.device)
-    state = load_best(a.run) if a.checkpoint is None else load_checkpoint(a.checkpoint)
-    cfg = state["config"]
-    test = load_split(Path(a.data) / "test.pt", dev)
-    model = build_model(cfg["model"], tuple(test.chord_db.shape[-2:])).to(dev)
-    model.load_state_dict(state["model"])
+    dev, state, test, model = load_trained(a)
     if a.iters is not None:
         model.slot_attention.iters = a.iters
-    t = time.perf_counter()
-    m = restart_metrics(model, test, dev, cfg["train"]["amp"], cfg["train"]["eval_batch_size"], a.limit, a.restarts)
-    record = {"what": __doc__.splitlines()[0], "run": str(a.run), "variant": cfg["variant"],
-              "checkpoint": a.checkpoint or "best.pt", "step": state["step"], "test_iters": model.slot_attention.iters,
-              "examples": m["n"], "restarts": a.restarts,
-              "device": device_name(dev) + (", float32" if dev.type == "cpu" else f", {cfg['train']['amp']}"),
-              "seconds": round(time.perf_counter() - t),
-              "date": time.strftime("%Y-%m-%d"), **summarise(m)}
-    Path(a.out).write_text(json.dumps(record, indent=1) + "\n")
-    print(json.dumps(record, indent=1))
+    tc, t = state["config"]["train"], time.perf_counter()
+    m = restart_metrics(model, test, dev, tc["amp"], tc["eval_batch_size"], a.limit, a.restarts)
+    save_record(a.out, checkpoint_record(__doc__, a, state, dev, time.perf_counter() - t,
+                                         test_iters=model.slot_attention.iters, examples=m["n"], restarts=a.restarts,
+                                         **summarise(m)))
 
 
 if __name__ == "__main__":
