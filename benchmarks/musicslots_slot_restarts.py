@@ -21,39 +21,21 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
-from musicdecomp.eval.metrics import note_metrics, oracle_slot_db
-from musicdecomp.logs import progress
-from musicdecomp.train.loop import autocast
+from musicdecomp.train.musicslots import evaluate
 
 from benchlib import checkpoint_parser, checkpoint_record, load_trained, save_record
 
 
-@torch.no_grad()
 def restart_metrics(model, data, device, amp: str, batch_size: int, limit: int, restarts: int,
                     seed: int = 0) -> dict:
-    """Per chord and restart: note MSE, IoU and reconstruction MSE, arrays of shape (restarts, n); and the
-    floor (ground-truth notes as slots) per chord."""
-    model.eval()
-    gens = [torch.Generator(device=device).manual_seed(seed + r) for r in range(restarts)]
-    n = min(limit, len(data))
-    mse, iou, rec = ([[] for _ in range(restarts)] for _ in range(3))
-    floor = []
-    for start in progress(range(0, n, batch_size), desc=f"{restarts} restarts", unit="batch"):
-        b = data.batch(torch.arange(start, min(start + batch_size, n), device=device))
-        for r, gen in enumerate(gens):
-            with autocast(device, amp):
-                out = model(b["chord"], generator=gen)
-            rec[r].append(((out["recon"].float() - b["chord"]) ** 2).mean(dim=(1, 2, 3)).cpu().numpy())
-            m = note_metrics(b["notes"], model.slot_db(out), b["n_notes"], data.mask_db)
-            mse[r].append(m["mse"])
-            iou[r].append(m["iou"])
-        o = note_metrics(b["notes"], oracle_slot_db(b["notes"], b["valid"], model.num_slots, model.amin,
-                                                    model.top_db), b["n_notes"], data.mask_db)
-        floor.append(o["mse"])
-    stack = lambda xs: np.stack([np.concatenate(x) for x in xs])  # noqa: E731
-    return {"mse": stack(mse), "iou": stack(iou), "rec": stack(rec), "floor": np.concatenate(floor), "n": n}
+    """Per chord and restart: note MSE, IoU and reconstruction MSE, arrays of shape (restarts, n), each restart
+    the eval step's own pass with noise seed ``seed + r``; and the floor's mean (ground-truth notes as slots)."""
+    runs = [evaluate(model, data, device, amp, batch_size, limit=limit, seed=seed + r, detail=r == 0,
+                     per_example=True, bar=f"restart {r + 1} of {restarts}") for r in range(restarts)]
+    stack = lambda key: np.stack([run["per_example"][key] for run in runs])  # noqa: E731
+    return {"mse": stack("note_mse"), "iou": stack("miou"), "rec": stack("recon_mse"),
+            "floor": runs[0]["oracle"]["note_mse"], "n": runs[0]["examples"]}
 
 
 def summarise(m: dict) -> dict:
@@ -65,7 +47,7 @@ def summarise(m: dict) -> dict:
                "recon_mse": float(m["rec"][r].mean())} for r in range(len(m["mse"]))]
     spread = m["mse"].max(0) - m["mse"].min(0)
     return {
-        "floor_note_mse": float(m["floor"].mean()),
+        "floor_note_mse": float(np.mean(m["floor"])),
         "single_pass": single,
         "single_pass_mean": {k: float(np.mean([s[k] for s in single])) for k in ("note_mse", "miou", "recon_mse")},
         "select_by_recon": {"note_mse": pick("mse", by_rec), "miou": pick("iou", by_rec),

@@ -25,13 +25,15 @@ def build_model(model_cfg: dict, size: tuple[int, int]) -> MusicSlots:
 
 @torch.no_grad()
 def evaluate(model: MusicSlots, data, device, amp: str, batch_size: int, limit: int | None = None,
-             seed: int = 0, keep_slots: bool = False, bar: str | None = None, detail: bool = False) -> dict:
+             seed: int = 0, keep_slots: bool = False, bar: str | None = None, detail: bool = False,
+             per_example: bool = False) -> dict:
     """Note MSE / mIoU (and the reconstruction MSE) over ``data`` (its first ``limit`` examples).
 
     With ``keep_slots``, also the slot vectors (N, K, D) and the MSE matching of notes to slots (N, V).
     ``bar``: show a progress bar with this label (a test evaluation on CPU takes minutes).
     With ``detail``, also ``by_notes`` (the metrics per chord size) and ``oracle`` (the metrics of the
     ground-truth notes as slots: the floor a perfect decomposition reaches, see ``oracle_slot_db``).
+    With ``per_example``, also ``per_example``: {note_mse, miou, recon_mse} arrays of shape (N,).
     """
     was_training = model.training
     model.eval()
@@ -58,9 +60,10 @@ def evaluate(model: MusicSlots, data, device, amp: str, batch_size: int, limit: 
             oracle_mse.append(o["mse"])
             oracle_iou.append(o["iou"])
     model.train(was_training)
-    mse, iou = np.concatenate(mse), np.concatenate(iou)
-    res = {"note_mse": float(mse.mean()), "miou": float(iou.mean()), "recon_mse": float(torch.cat(rec).mean()),
-           "examples": n}
+    mse, iou, rec = np.concatenate(mse), np.concatenate(iou), torch.cat(rec)
+    res = {"note_mse": float(mse.mean()), "miou": float(iou.mean()), "recon_mse": float(rec.mean()), "examples": n}
+    if per_example:
+        res["per_example"] = {"note_mse": mse, "miou": iou, "recon_mse": rec.numpy()}
     if detail:
         sizes, oracle_mse = np.concatenate(sizes), np.concatenate(oracle_mse)
         res["by_notes"] = {str(v): {"examples": int((sizes == v).sum()), "note_mse": float(mse[sizes == v].mean()),
