@@ -1,7 +1,7 @@
 """Where a trained MusicSlots model's note MSE above the floor comes from, note by note.
 
-For each ground-truth note of the first ``--limit`` test chords: its matched note MSE (the eval step's
-Hungarian matching, one stochastic pass, noise seed 0), the same for the ground-truth notes scored as slots
+For each ground-truth note of the first ``--limit`` test chords: its matched note MSE (``note_metrics``, the
+eval step's Hungarian matching; one stochastic pass, noise seed 0), the same for the ground-truth notes scored as slots
 (the floor), and the excess between them. Grouped by instrument, register, whether another note of the chord
 is an octave (or unison) away and whether another note has the same instrument; plus how concentrated the
 excess is and how many slots carry sound (any pixel at or above the mask threshold) per chord size.
@@ -17,24 +17,15 @@ import time
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from musicdecomp.data.figures import midi_name
-from musicdecomp.eval.metrics import cost_matrices, oracle_slot_db
+from musicdecomp.eval.metrics import note_metrics, oracle_slot_db
 from musicdecomp.logs import progress
 from musicdecomp.train.loop import autocast
 
 from benchlib import checkpoint_parser, checkpoint_record, load_trained, save_record
 
 REGISTERS = ((0, 55), (56, 67), (68, 79), (80, 127))  # MIDI ranges (inclusive)
-
-
-def matched(cost: np.ndarray) -> np.ndarray:
-    """Per note (row), its cost under the minimising Hungarian matching."""
-    r, c = linear_sum_assignment(cost)
-    out = np.empty(len(cost))
-    out[r] = cost[r, c]
-    return out
 
 
 @torch.no_grad()
@@ -47,13 +38,12 @@ def note_rows(model, data, device, amp: str, batch_size: int, limit: int) -> lis
         with autocast(device, amp):
             out = model(b["chord"], generator=gen)
         slots = model.slot_db(out)
-        mse, _ = cost_matrices(b["notes"], slots, data.mask_db)
-        floor, _ = cost_matrices(b["notes"], oracle_slot_db(b["notes"], b["valid"], model.num_slots, model.amin,
-                                                             model.top_db), data.mask_db)
+        err = note_metrics(b["notes"], slots, b["n_notes"], data.mask_db)["note_mse"]
+        flo = note_metrics(b["notes"], oracle_slot_db(b["notes"], b["valid"], model.num_slots, model.amin,
+                                                      model.top_db), b["n_notes"], data.mask_db)["note_mse"]
         sounding = (slots >= data.mask_db).flatten(2).any(-1).sum(-1).cpu()
-        for i in range(len(mse)):
+        for i in range(len(err)):
             v = int(b["n_notes"][i])
-            err, flo = matched(mse[i, :v].cpu().numpy()), matched(floor[i, :v].cpu().numpy())
             midi = [data.pitches[p] for p in b["pitch"][i, :v].tolist()]
             inst = b["instrument"][i, :v].tolist()
             for j in range(v):
@@ -62,7 +52,8 @@ def note_rows(model, data, device, amp: str, batch_size: int, limit: int) -> lis
                              "instrument": data.program_names[inst[j]],
                              "octave_partner": any((midi[k] - midi[j]) % 12 == 0 for k in rest),
                              "same_instrument_partner": any(inst[k] == inst[j] for k in rest),
-                             "note_mse": float(err[j]), "floor": float(flo[j]), "sounding_slots": int(sounding[i])})
+                             "note_mse": float(err[i, j]), "floor": float(flo[i, j]),
+                             "sounding_slots": int(sounding[i])})
     return rows
 
 

@@ -35,23 +35,26 @@ def cost_matrices(notes_db: torch.Tensor, slot_db: torch.Tensor, mask_db: float)
 
 
 def note_metrics(notes_db: torch.Tensor, slot_db: torch.Tensor, n_notes: torch.Tensor, mask_db: float = -30.0):
-    """Per-example note MSE and IoU, and the MSE matching (slot index per note, -1 for padding).
+    """Per-example note MSE and IoU, the MSE matching (slot index per note, -1 for padding) and each note's
+    error under it.
 
-    Returns dict of numpy arrays: mse (B,), iou (B,), match (B, V).
+    Returns dict of numpy arrays: mse (B,), iou (B,), match (B, V), note_mse (B, V; NaN for padding).
     """
     mse, iou = cost_matrices(notes_db, slot_db, mask_db)
     mse, iou, n_notes = mse.cpu().numpy(), iou.cpu().numpy(), n_notes.cpu().numpy()
     b, v, _ = mse.shape
     out_mse, out_iou = np.zeros(b), np.zeros(b)
     match = np.full((b, v), -1, dtype=np.int64)
+    per_note = np.full((b, v), np.nan, dtype=mse.dtype)
     for i in range(b):
         n = int(n_notes[i])
         r, c = linear_sum_assignment(mse[i, :n])
-        out_mse[i] = mse[i, :n][r, c].mean()
+        per_note[i, r] = mse[i, :n][r, c]
+        out_mse[i] = per_note[i, r].mean()
         match[i, r] = c
         r, c = linear_sum_assignment(iou[i, :n], maximize=True)
         out_iou[i] = iou[i, :n][r, c].mean()
-    return {"mse": out_mse, "iou": out_iou, "match": match}
+    return {"mse": out_mse, "iou": out_iou, "match": match, "note_mse": per_note}
 
 
 def oracle_slot_db(notes_db: torch.Tensor, valid: torch.Tensor, num_slots: int, amin: float = 1e-10,
