@@ -75,10 +75,10 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
         m = rs[0]["model"]
         mse = [r["test"]["note_mse"] for r in rs]
         iou = [r["test"]["miou"] for r in rs]
+        (mse_mean, mse_std), (iou_mean, iou_std) = _mean_std(mse), _mean_std(iou)
         rows.append({"dataset": dataset, "variant": variant, "mask": m["mask"], "time_stride": m["time_stride"],
                      "implicit": m["implicit"], "num_slots": m["num_slots"], "seeds": len(rs),
-                     "note_mse_mean": float(np.mean(mse)), "note_mse_std": float(np.std(mse, ddof=1)) if len(rs) > 1 else 0.0,
-                     "miou_mean": float(np.mean(iou)), "miou_std": float(np.std(iou, ddof=1)) if len(rs) > 1 else 0.0,
+                     "note_mse_mean": mse_mean, "note_mse_std": mse_std, "miou_mean": iou_mean, "miou_std": iou_std,
                      "test_iters": test_iters, "best_steps": sorted({r["best_step"] for r in rs}),
                      "_mse": mse, "_iou": iou, "_trained_iters": m.get("iters")})
     floors = {}  # dataset -> (note MSE, mIoU) of the ground truth as slots, on the largest evaluation of it
