@@ -168,3 +168,15 @@ def test_a_recorded_benchmark_of_the_same_gpu_replaces_measuring(tmp_path):
     (tmp_path / "musicslots_throughput_speed_nvidia_a100_sxm4_40gb.json").write_text(json.dumps({"best_speed": [
         {"mask": "softmax", "time_stride": 2, "speedup": 1.2, "speed": {"channels_last": True}}]}))
     assert gpu.recorded_benchmark(tmp_path, "NVIDIA A100-SXM4-40GB", {("softmax", 2)})["best_speed"]
+
+
+def test_a_stage_without_the_step_configs_is_refused_before_any_work(tmp_path):
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "configs.json").write_text(json.dumps({"features": {}, "none-t2-imp_true-k3": {}}))  # an older stage
+    proc = subprocess.run([sys.executable, str(SCRIPT), "run", "--stage", str(stage), "--out", str(tmp_path / "out"),
+                           "--work", str(tmp_path / "work"), "--budget", "60", "--device", "cpu"],
+                          cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "configs.json has no config for eval-musicslots" in proc.stderr and "again with `prepare`" in proc.stderr
+    assert not (tmp_path / "work").exists()  # no dataset rebuilt, nothing trained

@@ -270,13 +270,14 @@ def check_decomposition_audio(audio: Path, data: Path, n_slots: int) -> None:
 
 
 def test_table1_aggregates_seeds(tmp_path):
-    def ev(variant, seed, mse, miou, oracle=None, test_iters=None):
+    def ev(variant, seed, mse, miou, oracle=None, test_iters=None, attention="standard"):
         mask, t, imp, k = variant.split("-")
-        path = tmp_path / f"{variant}-{seed}-{test_iters}.json"
+        path = tmp_path / f"{variant}-{seed}-{test_iters}-{attention}.json"
         test = {"note_mse": mse, "miou": miou, **({"oracle": oracle, "examples": 100} if oracle else {})}
         path.write_text(json.dumps({"dataset": "jsb_multi", "variant": variant, "seed": seed, "best_step": 10,
                                     "model": {"mask": mask, "time_stride": int(t[1:]), "implicit": imp == "imp_true",
-                                              "num_slots": int(k[1:]), "iters": 3}, "test": test,
+                                              "num_slots": int(k[1:]), "iters": 3, "attention": attention},
+                                    "test": test,
                                     **({"test_iters": test_iters} if test_iters else {})}))
         return path
     paths = [ev("none-t1-imp_true-k7", 0, 10.0, 0.9, {"note_mse": 9.4071, "miou": 0.9989}),
@@ -291,8 +292,9 @@ def test_table1_aggregates_seeds(tmp_path):
     assert "| jsb_multi: ground-truth notes as slots (the metrics' floor) | | | | | | 9.41 | 0.999 |" in md
     csv = (tmp_path / "t.csv").read_text().splitlines()
     assert csv[0].startswith("dataset,variant,mask") and len(csv) == 1 + 2 + 2  # header, variants, floor, paper
-    assert csv[3] == "jsb_multi,ground-truth notes as slots (the metrics' floor),,,,,,9.4071,,0.9989,,"
-    assert csv[0].endswith(",test_iters") and all(line.count(",") == 11 for line in csv)
+    assert csv[3] == "jsb_multi,ground-truth notes as slots (the metrics' floor),,,,,,9.4071,,0.9989,,,"
+    assert csv[0].endswith(",test_iters,settings") and all(line.count(",") == 12 for line in csv)
+    assert "| setting |" not in md  # one row per variant: nothing to tell apart
     assert "iterations differ" not in md  # evaluated as trained (or not recorded: older evaluations)
     tex = (tmp_path / "t.tex").read_text().splitlines()
     rows_tex = [line for line in tex if line.endswith("\\\\")]
@@ -311,8 +313,21 @@ def test_table1_aggregates_seeds(tmp_path):
                                                                        ("softmax", None, 1)]
     assert ("Slot Attention iterations differ from training (musicslots.eval.iters): 5 at test time, 3 in "
             "training.") in (tmp_path / "t.md").read_text()
-    assert (tmp_path / "t.csv").read_text().splitlines()[2].endswith(",8.0,0.0,0.95,0.0,5")
+    assert (tmp_path / "t.csv").read_text().splitlines()[2].endswith(",8.0,0.0,0.95,0.0,5,5 test iterations")
     assert "5 at test time, 3 in training)." in (tmp_path / "t.tex").read_text()
+    md = (tmp_path / "t.md").read_text()  # the two rows of the variant no longer look alike
+    assert "| jsb_multi | none | 1 | yes | 7 | 3 test iterations | 2 | 12.00 ± 2.83 | 0.850 ± 0.071 |" in md
+    assert "| jsb_multi | none | 1 | yes | 7 | 5 test iterations | 1 | 8.00 | 0.950 |" in md
+    assert "| jsb_multi | softmax | 1 | yes | 7 |  | 1 | 30.00 | 0.500 |" in md
+    assert "| jsb_multi: ground-truth notes as slots (the metrics' floor) | | | | | | | 9.41 | 0.999 |" in md
+    tex = [line for line in (tmp_path / "t.tex").read_text().splitlines() if line.endswith("\\\\")]
+    assert all(line.count(" & ") == 8 for line in tex[:4]) and tex[-1].startswith("\\multicolumn{7}{l}{paper")
+    # another Slot Attention normalisation (config/attention_official.yaml) under the same variant name is
+    # another model: never averaged with the standard one's seeds
+    official = [ev("none-t1-imp_true-k7", 0, 20.0, 0.7, attention="official")]
+    rows = table1(paths + official, tmp_path / "t.csv", tmp_path / "t.md")
+    assert [(r["mask"], r["seeds"], r["note_mse_mean"], r["settings"]) for r in rows] == [
+        ("none", 1, 20.0, "attention official"), ("none", 2, 12.0, "attention standard"), ("softmax", 1, 30.0, "")]
     with pytest.raises(UserError, match="evaluation\\(s\\) of the sweep are missing"):
         table1(paths + [tmp_path / "nope.json"], tmp_path / "x.csv", tmp_path / "x.md")
     # a damaged evaluation is named with its fix, and no table is written

@@ -96,8 +96,11 @@ def run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     configs = json.loads((stage / "configs.json").read_text())
     variants = [v for v in configs if v not in STEP_CONFIGS]
-    # a stage prepared before musicslots.eval existed evaluates as trained
-    eval_cfg = configs.get("eval-musicslots", {"musicslots.eval": {"iters": None}})
+    lacking = [name for name in STEP_CONFIGS if name not in configs]
+    if lacking:  # checked before any device time is spent
+        sys.exit(f"{stage / 'configs.json'} has no config for {', '.join(lacking)} (staged by an older version of "
+                 f"this script); stage it again with `prepare`")
+    eval_cfg = configs["eval-musicslots"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MUSICDECOMP_PROGRESS": "0"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     gpu = None

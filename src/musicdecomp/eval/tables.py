@@ -3,6 +3,7 @@ best mean of each column per dataset in bold)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -67,11 +68,16 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
         raise UserError(f"{len(missing)} evaluation(s) of the sweep are missing, e.g. {missing[0]}; "
                         f"run the eval step for them (snakemake builds them with the table)")
     runs = [read_json(p, "rerun its eval step (eval-musicslots)") for p in eval_jsons]
-    groups: dict[tuple[str, str, int | None], list[dict]] = {}
-    for r in runs:  # evaluations with other test-time iterations (musicslots.eval.iters) are other rows
-        groups.setdefault((r["dataset"], r["variant"], r.get("test_iters")), []).append(r)
+    # Seeds are averaged only over evaluations of one model: the variant name fixes the mask, stride, implicit
+    # differentiation and slot count, but not the rest of the model config (e.g. `attention: official`, an
+    # override) nor the test-time iterations (musicslots.eval.iters); those make rows of their own.
+    groups: dict[tuple[str, str, str, int | None], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["dataset"], r["variant"], json.dumps(_other_settings(r["model"]), sort_keys=True),
+                           r.get("test_iters")), []).append(r)
     rows = []
-    for (dataset, variant, test_iters), rs in sorted(groups.items(), key=lambda g: (g[0][:2], g[0][2] or 0)):
+    for (dataset, variant, other, test_iters), rs in sorted(groups.items(),
+                                                             key=lambda g: (g[0][:3], g[0][3] or 0)):
         m = rs[0]["model"]
         mse = [r["test"]["note_mse"] for r in rs]
         iou = [r["test"]["miou"] for r in rs]
@@ -80,28 +86,34 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
                      "implicit": m["implicit"], "num_slots": m["num_slots"], "seeds": len(rs),
                      "note_mse_mean": mse_mean, "note_mse_std": mse_std, "miou_mean": iou_mean, "miou_std": iou_std,
                      "test_iters": test_iters, "best_steps": sorted({r["best_step"] for r in rs}),
-                     "_mse": mse, "_iou": iou, "_trained_iters": m.get("iters")})
+                     "_mse": mse, "_iou": iou, "_trained_iters": m.get("iters"), "_other": json.loads(other)})
+    _label_settings(rows)
     floors = {}  # dataset -> (note MSE, mIoU) of the ground truth as slots, on the largest evaluation of it
     for r in sorted((r for r in runs if "oracle" in r["test"]), key=lambda r: r["test"].get("examples", 0)):
         floors[r["dataset"]] = (r["test"]["oracle"]["note_mse"], r["test"]["oracle"]["miou"])
     header = ["dataset", "variant", "mask", "time_stride", "implicit", "num_slots", "seeds",
-              "note_mse_mean", "note_mse_std", "miou_mean", "miou_std", "test_iters"]
+              "note_mse_mean", "note_mse_std", "miou_mean", "miou_std", "test_iters", "settings"]
     csv = [",".join(header)]
     for r in rows:
         csv.append(",".join("" if r[h] is None else str(r[h]) for h in header))
     for dataset, (mse, iou) in sorted(floors.items()):
-        csv.append(f"{dataset},{FLOOR_ROW},,,,,,{mse},,{iou},,")
-    csv.append(f"paper (reported; unverified),best,,,,7,,{PAPER_TABLE1['note_mse']},,{PAPER_TABLE1['miou']},,")
+        csv.append(f"{dataset},{FLOOR_ROW},,,,,,{mse},,{iou},,,")
+    csv.append(f"paper (reported; unverified),best,,,,7,,{PAPER_TABLE1['note_mse']},,{PAPER_TABLE1['miou']},,,")
     write_text(out_csv, "\n".join(csv) + "\n")
-    md = ["| dataset | mask | time stride | implicit | slots | seeds | note MSE (dB²) ↓ | mIoU ↑ |",
-          "|---|---|---|---|---|---|---|---|"]
+    # rows of one variant that differ in other settings say how, in a column that only such tables have
+    setting_col = any(r["settings"] for r in rows)
+    extra_head, extra_rule = (" setting |", "---|") if setting_col else ("", "")
+    md = ["| dataset | mask | time stride | implicit | slots |" + extra_head + " seeds | note MSE (dB²) ↓ | mIoU ↑ |",
+          "|---|---|---|---|---|" + extra_rule + "---|---|---|"]
+    pad = " |" if setting_col else ""
     for r in rows:
+        cell = f" {r['settings']} |" if setting_col else ""
         md.append(f"| {r['dataset']} | {r['mask']} | {r['time_stride']} | {'yes' if r['implicit'] else 'no'} | "
-                  f"{r['num_slots']} | {r['seeds']} | {_fmt(r['_mse'], 2)} | {_fmt(r['_iou'], 3)} |")
+                  f"{r['num_slots']} |{cell} {r['seeds']} | {_fmt(r['_mse'], 2)} | {_fmt(r['_iou'], 3)} |")
     for dataset, (mse, iou) in sorted(floors.items()):
-        md.append(f"| {dataset}: {FLOOR_ROW} | | | | | | {mse:.2f} | {iou:.3f} |")
-    md.append(f"| paper (JSB, best variant; reported, unverified) | | | | 7 | | {PAPER_TABLE1['note_mse']:.2f} | "
-              f"{PAPER_TABLE1['miou']:.2f} |")
+        md.append(f"| {dataset}: {FLOOR_ROW} | | | | |{pad} | {mse:.2f} | {iou:.3f} |")
+    md.append(f"| paper (JSB, best variant; reported, unverified) | | | | 7 |{pad} | "
+              f"{PAPER_TABLE1['note_mse']:.2f} | {PAPER_TABLE1['miou']:.2f} |")
     floor_note = ("\nThe floor row scores the ground-truth notes themselves as slots: a perfect decomposition is "
                   "not at note MSE 0, because each note's ground truth floors at its own maximum - 80 dB while the "
                   "slots of a chord share one floor (the loudest slot's maximum - 80 dB), as in the official "
@@ -112,21 +124,46 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
     if out_tex is not None:
         low_mse, high_iou = _best(rows, "note_mse_mean", lower=True), _best(rows, "miou_mean", lower=False)
         body = [[_tex_escape(r["dataset"]), r["mask"], str(r["time_stride"]), "yes" if r["implicit"] else "no",
-                 str(r["num_slots"]), str(r["seeds"]),
+                 str(r["num_slots"])] + ([_tex_escape(r["settings"])] if setting_col else []) + [str(r["seeds"]),
                  _tex_cell(r["note_mse_mean"], r["note_mse_std"], r["seeds"], 2, i in low_mse),
                  _tex_cell(r["miou_mean"], r["miou_std"], r["seeds"], 3, i in high_iou)] for i, r in enumerate(rows)]
-        paper = [[f"\\multicolumn{{6}}{{l}}{{{_tex_escape(dataset)}: {FLOOR_ROW}}}", f"${mse:.2f}$", f"${iou:.3f}$"]
-                 for dataset, (mse, iou) in sorted(floors.items())]
-        paper += [["\\multicolumn{6}{l}{paper: JSB, best variant, 7 slots (reported; unverified)}",
+        span = 7 if setting_col else 6
+        paper = [[f"\\multicolumn{{{span}}}{{l}}{{{_tex_escape(dataset)}: {FLOOR_ROW}}}", f"${mse:.2f}$",
+                  f"${iou:.3f}$"] for dataset, (mse, iou) in sorted(floors.items())]
+        paper += [[f"\\multicolumn{{{span}}}{{l}}{{paper: JSB, best variant, 7 slots (reported; unverified)}}",
                    f"${PAPER_TABLE1['note_mse']:.2f}$", f"${PAPER_TABLE1['miou']:.2f}$"]]
         _write_tex(out_tex, "Unsupervised note discovery on the test split (mean $\\pm$ std over seeds"
                    + (f"; {_tex_escape(iters_note)}" if iters_note else "") + ").",
-                   "tab:musicslots-notes", "llccccrr",
-                   ["dataset", "mask", "time stride", "implicit", "slots", "seeds",
-                    "note MSE (dB$^2$) $\\downarrow$", "mIoU $\\uparrow$"], body, paper)
+                   "tab:musicslots-notes", "llccc" + ("l" if setting_col else "") + "crr",
+                   ["dataset", "mask", "time stride", "implicit", "slots"] + (["setting"] if setting_col else [])
+                   + ["seeds", "note MSE (dB$^2$) $\\downarrow$", "mIoU $\\uparrow$"], body, paper)
     for r in rows:
-        del r["_mse"], r["_iou"], r["_trained_iters"]
+        del r["_mse"], r["_iou"], r["_trained_iters"], r["_other"]
     return rows
+
+
+# model config fields the variant name carries (sweep.variant_name); the rest are "other settings"
+_VARIANT_FIELDS = ("mask", "time_stride", "implicit", "num_slots")
+
+
+def _other_settings(model: dict) -> dict:
+    return {k: v for k, v in model.items() if k not in _VARIANT_FIELDS}
+
+
+def _label_settings(rows: list[dict]) -> None:
+    """Give each row a ``settings`` text that tells it apart from the other rows of its (dataset, variant): the
+    model fields that differ between them (``attention official``) and the test-time iterations when those differ;
+    empty where a variant has one row."""
+    for key in {(r["dataset"], r["variant"]) for r in rows}:
+        same = [r for r in rows if (r["dataset"], r["variant"]) == key]
+        differing = sorted({k for r in same for k in r["_other"]
+                            if len({json.dumps(o["_other"].get(k)) for o in same}) > 1})
+        iters = {r["test_iters"] or r["_trained_iters"] for r in same}
+        for r in same:
+            words = [f"{k} {r['_other'].get(k)}" for k in differing]
+            if len(iters) > 1:
+                words.append(f"{r['test_iters'] or r['_trained_iters']} test iterations")
+            r["settings"] = "; ".join(words)
 
 
 def _test_iters_note(rows: list[dict]) -> str:
