@@ -62,6 +62,7 @@ def test_tiny_config_only_shrinks_the_run(tiny_params, params):
     (("codec", "source"), "download", "codec.source = 'download' is out of range"),
     (("stems", "sample_rate"), 16000, "needs 24000"),
     (("musicslots", "eval", "iters"), 0, "musicslots.eval.iters = 0 is out of range"),
+    (("musicslots", "eval", "amp"), "fp16", "musicslots.eval.amp = 'fp16'"),
 ])
 def test_out_of_range_params_name_the_key(params, key, value, words):
     bad = deep_merge(params, {})
@@ -91,7 +92,7 @@ def test_step_slices_hold_only_what_the_step_uses(params):
     assert set(feats) == {"data.mel", "datasets.jsb_single"}
     with pytest.raises(UserError, match="dataset 'nope' is not defined"):
         step_config(params, "features", "nope")
-    assert step_config(params, "eval_musicslots") == {"musicslots.eval": {"iters": None}}  # null: as trained
+    assert step_config(params, "eval_musicslots") == {"musicslots.eval": {"iters": None, "amp": "none"}}
 
 
 def test_yaml_errors_are_one_line(tmp_path):

@@ -37,7 +37,7 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
     script("prepare", "--stage", stage, "--params", *params, "--variants", *VARIANTS, cwd=tiny_run)
     configs = json.loads((stage / "configs.json").read_text())
     assert set(configs) == {"features", "eval-musicslots", *VARIANTS}
-    assert configs["eval-musicslots"] == {"musicslots.eval": {"iters": 3}}
+    assert configs["eval-musicslots"] == {"musicslots.eval": {"iters": 3, "amp": "none"}}
     assert configs["softmax-t2-imp_true-k3"]["model"]["mask"] == "softmax"
     assert configs["none-t2-imp_true-k3"]["model"]["dim"] == 16  # the tiny override reached the config
 

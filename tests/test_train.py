@@ -238,6 +238,11 @@ def test_evaluation_output(tiny_run, tiny_params, tmp_path):
     assert json.loads((tmp_path / "p4.json").read_text())["test_iters"] == 4
     assert main(cli + [str(tmp_path / "p6.json"), "--iters", "6"]) == 0
     assert json.loads((tmp_path / "p6.json").read_text())["test_iters"] == 6
+    assert json.loads((tmp_path / "p6.json").read_text())["test_amp"] == "none"  # float32 (CPU: always)
+    # a --config slice printed before musicslots.eval.amp existed is refused with the fix, nothing written
+    old = ["eval-musicslots", "--config", json.dumps({"musicslots.eval": {"iters": None}}), "--run-dir",
+           str(tmp_path / "r"), "--data-dir", str(data), "--device", "cpu", "--out", str(tmp_path / "old.json")]
+    assert main(old) == 2 and not (tmp_path / "old.json").exists()
     override.write_text("musicslots:\n  eval: {iters: 0}\n")
     assert main(cli + [str(tmp_path / "p0.json")]) == 2 and not (tmp_path / "p0.json").exists()
 
@@ -270,15 +275,16 @@ def check_decomposition_audio(audio: Path, data: Path, n_slots: int) -> None:
 
 
 def test_table1_aggregates_seeds(tmp_path):
-    def ev(variant, seed, mse, miou, oracle=None, test_iters=None, attention="standard"):
+    def ev(variant, seed, mse, miou, oracle=None, test_iters=None, attention="standard", test_amp=None):
         mask, t, imp, k = variant.split("-")
-        path = tmp_path / f"{variant}-{seed}-{test_iters}-{attention}.json"
+        path = tmp_path / f"{variant}-{seed}-{test_iters}-{attention}-{test_amp}.json"
         test = {"note_mse": mse, "miou": miou, **({"oracle": oracle, "examples": 100} if oracle else {})}
         path.write_text(json.dumps({"dataset": "jsb_multi", "variant": variant, "seed": seed, "best_step": 10,
                                     "model": {"mask": mask, "time_stride": int(t[1:]), "implicit": imp == "imp_true",
                                               "num_slots": int(k[1:]), "iters": 3, "attention": attention},
                                     "test": test,
-                                    **({"test_iters": test_iters} if test_iters else {})}))
+                                    **({"test_iters": test_iters} if test_iters else {}),
+                                    **({"test_amp": test_amp} if test_amp else {})}))
         return path
     paths = [ev("none-t1-imp_true-k7", 0, 10.0, 0.9, {"note_mse": 9.4071, "miou": 0.9989}),
              ev("none-t1-imp_true-k7", 1, 14.0, 0.8), ev("softmax-t1-imp_true-k7", 0, 30.0, 0.5)]
@@ -328,6 +334,11 @@ def test_table1_aggregates_seeds(tmp_path):
     rows = table1(paths + official, tmp_path / "t.csv", tmp_path / "t.md")
     assert [(r["mask"], r["seeds"], r["note_mse_mean"], r["settings"]) for r in rows] == [
         ("none", 1, 20.0, "attention official"), ("none", 2, 12.0, "attention standard"), ("softmax", 1, 30.0, "")]
+    # nor one evaluated at another precision on the GPU (musicslots.eval.amp)
+    rows = table1(paths + [ev("none-t1-imp_true-k7", 0, 10.4, 0.9, test_amp="bf16")], tmp_path / "t.csv",
+                  tmp_path / "t.md")
+    assert [(r["mask"], r["seeds"], r["settings"]) for r in rows] == [
+        ("none", 2, "tested in unrecorded precision"), ("none", 1, "tested in bf16"), ("softmax", 1, "")]
     with pytest.raises(UserError, match="evaluation\\(s\\) of the sweep are missing"):
         table1(paths + [tmp_path / "nope.json"], tmp_path / "x.csv", tmp_path / "x.md")
     # a damaged evaluation is named with its fix, and no table is written

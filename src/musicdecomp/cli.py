@@ -163,10 +163,15 @@ def cmd_train_musicslots(args):
 
 def cmd_eval_musicslots(args):
     from musicdecomp.eval.musicslots import evaluate_run
-    # --iters (a one-off check) wins over musicslots.eval.iters, so it needs no parameter file
-    iters = args.iters if args.iters is not None else _step_cfg(args, "eval_musicslots")["musicslots.eval"]["iters"]
+    cfg = _step_cfg(args, "eval_musicslots")["musicslots.eval"]
+    lacking = sorted({"iters", "amp"} - set(cfg))
+    if lacking:  # a --config printed by an older version
+        raise UserError(f"the eval-musicslots config lacks musicslots.eval.{', '.join(lacking)}; print it again with "
+                        f"`python -m musicdecomp config eval-musicslots`")
+    # --iters (a one-off check) wins over musicslots.eval.iters
+    iters = args.iters if args.iters is not None else cfg["iters"]
     evaluate_run(args.run_dir, args.data_dir, args.out, args.figure, device=args.device, tracking=_tracking(args),
-                 checkpoint=args.checkpoint, iters=iters, limit=args.limit, audio_dir=args.audio_dir)
+                 checkpoint=args.checkpoint, iters=iters, limit=args.limit, audio_dir=args.audio_dir, amp=cfg["amp"])
 
 
 def cmd_train_baseline(args):

@@ -217,6 +217,7 @@ SCHEMA: dict[str, Check] = {
     "musicslots.model.attention": _choice("standard", "official"),
     **_train_schema("musicslots.train"),
     "musicslots.eval.iters": _optional(_num(1, 64, integer=True)),
+    "musicslots.eval.amp": _choice("none", "bf16"),
     "musicslots.sweep.datasets": _str_list(),
     "musicslots.sweep.seeds": _int_list(),
     "musicslots.sweep.grid.mask": _choice_list("softmax", "sigmoid", "none"),

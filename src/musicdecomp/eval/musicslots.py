@@ -19,14 +19,18 @@ log = get_logger("eval")
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path, out_png: str | Path | None = None,
                  device: str = "auto", tracking: dict | None = None, checkpoint: str | Path | None = None,
-                 iters: int | None = None, limit: int | None = None, audio_dir: str | Path | None = None) -> dict:
+                 iters: int | None = None, limit: int | None = None, audio_dir: str | Path | None = None,
+                 amp: str = "none") -> dict:
     """Test-set metrics of the run's ``best.pt``, or of ``checkpoint`` (e.g. ``ckpt/best.pt`` of a run that
     stopped at its time limit; the result then names that checkpoint). ``iters``: Slot Attention iterations at
     test time instead of the trained number (the official eval.py's ``--test_time_iter``); the result records
     it as ``test_iters``. ``limit``: only the first ``limit`` test examples (a quick check; ``examples`` in the
     result says how many). ``audio_dir``: WAV files of the figure's chords, reconstructions, slots and matched
     notes (Griffin-Lim from the mel spectrograms; see ``listen.py``). The test result also holds the metrics per
-    chord size (``by_notes``) and those of the ground-truth notes as slots (``oracle``: the floor of note MSE)."""
+    chord size (``by_notes``) and those of the ground-truth notes as slots (``oracle``: the floor of note MSE).
+    ``amp``: the precision on CUDA (``none``: float32, the default; ``bf16``: the training's autocast), recorded
+    as ``test_amp``; the same weights score differently in bf16 (the step-76,000 GPU checkpoint: note MSE 17.8
+    in bf16 on the GPU, 17.45 in float32 on CPU)."""
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     if audio_dir is not None:  # before the evaluation, so that a dataset without its summary fails at once
         from musicdecomp.eval.listen import dataset_audio_settings, write_decomposition_audio
@@ -40,10 +44,11 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path
     model.load_state_dict(state["model"])
     if iters is not None:
         model.slot_attention.iters = iters
-    res = evaluate(model, test, dev, cfg["train"]["amp"], cfg["train"]["eval_batch_size"], limit=limit, seed=0,
+    res = evaluate(model, test, dev, amp, cfg["train"]["eval_batch_size"], limit=limit, seed=0,
                    bar=f"test {cfg['variant']}", detail=True)
     out = {"run_name": cfg["run_name"], "dataset": cfg["dataset"], "variant": cfg["variant"], "seed": cfg["seed"],
            "model": cfg["model"], "best_step": state["step"], "test_iters": model.slot_attention.iters,
+           "test_amp": amp if dev.type == "cuda" else "none",
            **({} if checkpoint is None else {"checkpoint": str(checkpoint)}),
            "val": {k: v for k, v in state["val"].items() if k != "score"},
            "test": {"note_mse": res["note_mse"], "miou": res["miou"], "recon_mse": res["recon_mse"],

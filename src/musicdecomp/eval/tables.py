@@ -70,14 +70,14 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
     runs = [read_json(p, "rerun its eval step (eval-musicslots)") for p in eval_jsons]
     # Seeds are averaged only over evaluations of one model: the variant name fixes the mask, stride, implicit
     # differentiation and slot count, but not the rest of the model config (e.g. `attention: official`, an
-    # override) nor the test-time iterations (musicslots.eval.iters); those make rows of their own.
-    groups: dict[tuple[str, str, str, int | None], list[dict]] = {}
+    # override) nor the evaluation's settings (musicslots.eval: iterations, precision); those make rows of their own.
+    groups: dict[tuple[str, str, str, int | None, str | None], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["dataset"], r["variant"], json.dumps(_other_settings(r["model"]), sort_keys=True),
-                           r.get("test_iters")), []).append(r)
+                           r.get("test_iters"), r.get("test_amp")), []).append(r)
     rows = []
-    for (dataset, variant, other, test_iters), rs in sorted(groups.items(),
-                                                             key=lambda g: (g[0][:3], g[0][3] or 0)):
+    for (dataset, variant, other, test_iters, test_amp), rs in sorted(
+            groups.items(), key=lambda g: (g[0][:3], g[0][3] or 0, g[0][4] or "")):
         m = rs[0]["model"]
         mse = [r["test"]["note_mse"] for r in rs]
         iou = [r["test"]["miou"] for r in rs]
@@ -86,7 +86,8 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
                      "implicit": m["implicit"], "num_slots": m["num_slots"], "seeds": len(rs),
                      "note_mse_mean": mse_mean, "note_mse_std": mse_std, "miou_mean": iou_mean, "miou_std": iou_std,
                      "test_iters": test_iters, "best_steps": sorted({r["best_step"] for r in rs}),
-                     "_mse": mse, "_iou": iou, "_trained_iters": m.get("iters"), "_other": json.loads(other)})
+                     "_mse": mse, "_iou": iou, "_trained_iters": m.get("iters"), "_other": json.loads(other),
+                     "_amp": test_amp})
     _label_settings(rows)
     floors = {}  # dataset -> (note MSE, mIoU) of the ground truth as slots, on the largest evaluation of it
     for r in sorted((r for r in runs if "oracle" in r["test"]), key=lambda r: r["test"].get("examples", 0)):
@@ -138,12 +139,15 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
                    ["dataset", "mask", "time stride", "implicit", "slots"] + (["setting"] if setting_col else [])
                    + ["seeds", "note MSE (dB$^2$) $\\downarrow$", "mIoU $\\uparrow$"], body, paper)
     for r in rows:
-        del r["_mse"], r["_iou"], r["_trained_iters"], r["_other"]
+        del r["_mse"], r["_iou"], r["_trained_iters"], r["_other"], r["_amp"]
     return rows
 
 
 # model config fields the variant name carries (sweep.variant_name); the rest are "other settings"
 _VARIANT_FIELDS = ("mask", "time_stride", "implicit", "num_slots")
+
+
+_PRECISION = {"none": "float32", "bf16": "bf16"}  # test.json's test_amp (musicslots.eval.amp)
 
 
 def _other_settings(model: dict) -> dict:
@@ -152,8 +156,8 @@ def _other_settings(model: dict) -> dict:
 
 def _label_settings(rows: list[dict]) -> None:
     """Give each row a ``settings`` text that tells it apart from the other rows of its (dataset, variant): the
-    model fields that differ between them (``attention official``) and the test-time iterations when those differ;
-    empty where a variant has one row."""
+    model fields that differ between them (``attention official``), and the test-time iterations and precision
+    when those differ; empty where a variant has one row."""
     for key in {(r["dataset"], r["variant"]) for r in rows}:
         same = [r for r in rows if (r["dataset"], r["variant"]) == key]
         differing = sorted({k for r in same for k in r["_other"]
@@ -163,6 +167,8 @@ def _label_settings(rows: list[dict]) -> None:
             words = [f"{k} {r['_other'].get(k)}" for k in differing]
             if len(iters) > 1:
                 words.append(f"{r['test_iters'] or r['_trained_iters']} test iterations")
+            if len({o["_amp"] for o in same}) > 1:
+                words.append(f"tested in {_PRECISION.get(r['_amp'], 'unrecorded precision')}")
             r["settings"] = "; ".join(words)
 
 
