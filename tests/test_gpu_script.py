@@ -180,3 +180,18 @@ def test_a_stage_without_the_step_configs_is_refused_before_any_work(tmp_path):
     assert proc.returncode != 0
     assert "configs.json has no config for eval-musicslots" in proc.stderr and "again with `prepare`" in proc.stderr
     assert not (tmp_path / "work").exists()  # no dataset rebuilt, nothing trained
+
+
+def test_a_run_finished_in_the_work_folder_is_not_trained_again(tiny_run, tiny_override, tmp_path):
+    stage, work = tmp_path / "stage", tmp_path / "machine"
+    script("prepare", "--stage", stage, "--params", REPO / "params.yaml", REPO / "config/tiny.yaml", tiny_override,
+           "--variants", VARIANTS[0], cwd=tiny_run)
+    run = ["run", "--stage", stage, "--work", work, "--budget", 600, "--device", "cpu", "--bench-seconds", 0]
+    script(*run, "--out", tmp_path / "out1", cwd=tmp_path)
+    first = json.loads((tmp_path / "out1/summary.json").read_text())["runs"][VARIANTS[0]]
+    assert first["exit"] == 0 and first["train"]["steps"] == first["progress"]["steps"]  # the tiny run finished
+    log = script(*run, "--out", tmp_path / "out2", cwd=tmp_path)  # a second call on the same machine
+    assert f"{VARIANTS[0]}: finished at step {first['train']['steps']}; not trained again" in log
+    second = json.loads((tmp_path / "out2/summary.json").read_text())["runs"][VARIANTS[0]]
+    assert second["train"] == first["train"] and second["test"]["test"] == first["test"]["test"]
+    assert not (work / "runs" / VARIANTS[0] / "stale").exists()  # nothing was set aside and retrained

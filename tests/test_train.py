@@ -66,9 +66,21 @@ def test_resume_continues_bit_identically(tiny_run, tiny_params, tmp_path):
     assert best["config"] == cfg and best["step"] == full["best_step"]
     for f in ("train.json", "config.json", "curves.png"):
         assert (tmp_path / "b" / f).stat().st_size > 0
-    # a checkpoint made with other settings is not silently mixed in
-    with pytest.raises(UserError, match="was made with another configuration"):
-        train_musicslots(tiny_cfg(tiny_params, steps=8), data, tmp_path / "b", device="cpu")
+    # a finished run called again (a workflow reruns it only when its parameters, data or code changed, or when
+    # asked to) trains again from step 0 instead of republishing the old weights; the old state is set aside
+    again = train_musicslots(cfg, data, tmp_path / "a", device="cpu", threads=1)
+    assert again["steps"] == 6 and again["mlflow_run_id"] is None
+    (stale,) = (tmp_path / "a/stale").iterdir()
+    assert {p.name for p in stale.iterdir()} >= {"ckpt", "best.pt", "train.json", "metrics.jsonl", "config.json"}
+    assert (stale / "metrics.jsonl").read_text() == (tmp_path / "a/metrics.jsonl").read_text()  # CPU: same run
+    old, new = (torch.load(d / "ckpt/last.pt", weights_only=True)["model"] for d in (stale, tmp_path / "a"))
+    assert all(torch.equal(old[k], new[k]) for k in new)
+    # a checkpoint made with other settings is not mixed in either: it is set aside and the run starts over
+    longer = train_musicslots(tiny_cfg(tiny_params, steps=8), data, tmp_path / "b", device="cpu", threads=1)
+    assert longer["steps"] == 8
+    (stale,) = (tmp_path / "b/stale").iterdir()
+    assert json.loads((stale / "config.json").read_text())["train"]["steps"] == 6
+    assert [json.loads(line)["step"] for line in (tmp_path / "b/metrics.jsonl").read_text().splitlines()][0] < 4
 
 
 def test_killed_training_resumes_from_its_checkpoint(tiny_run, tiny_params, tmp_path):

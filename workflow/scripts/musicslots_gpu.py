@@ -170,13 +170,17 @@ def run(args) -> None:
             print(err[-3000:], file=sys.stderr)
         return proc.returncode
 
-    status = {}
+    # a finished run is not trained again (train-musicslots would start it over): it is evaluated and packed
+    status = {v: 0 for v in variants if (work / "runs" / v / "train.json").exists()}
+    for variant in status:
+        log(f"{variant}: finished at step {step_of(work / 'runs' / variant)}; not trained again", t0)
+    todo = [v for v in variants if v not in status]
     if args.side_by_side:
-        procs = {variant: start(variant, 1) for variant in variants}
-        status = {variant: wait(variant, proc) for variant, proc in procs.items()}
+        procs = {variant: start(variant, 1) for variant in todo}
+        status.update({variant: wait(variant, proc) for variant, proc in procs.items()})
     else:  # one at a time (faster in total on one GPU), each an equal share of what is left
-        for i, variant in enumerate(variants):
-            status[variant] = wait(variant, start(variant, len(variants) - i))
+        for i, variant in enumerate(todo):
+            status[variant] = wait(variant, start(variant, len(todo) - i))
 
     summary = {"budget_seconds": args.budget, "runs": {}}
     if bench:

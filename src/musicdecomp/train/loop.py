@@ -8,6 +8,12 @@ resuming: rerunning continues from ``<run>/ckpt/last.pt`` (every ``checkpoint_ev
 ``checkpoint_minutes``), restoring weights, optimiser and random streams, so an interrupted run ends
 bit-identical to an uninterrupted one on the same device.
 
+Only an interrupted run with the same configuration is resumed. A checkpoint of a *finished* run, or one made
+with another configuration, is not: a workflow manager reruns a finished training job only because something it
+depends on changed (parameters, data, code) or because it was asked to, so the run trains again from step 0. The
+old checkpoint and logs are moved to ``<run>/stale/<time>/`` (nothing is deleted), with a warning saying why.
+(Snakemake's ``--touch`` or DVC's ``dvc commit`` accept an old result instead of retraining.)
+
 Run folder: ``best.pt`` ({model, config, step, val}), ``train.json`` (summary), ``config.json``,
 ``metrics.jsonl``, ``curves.png``, ``progress.json`` (step, best, throughput; rewritten at every checkpoint, so a
 running or stopped run can be watched); ``ckpt/last.pt`` and ``ckpt/best.pt`` (published as best.pt at the end:
@@ -93,6 +99,41 @@ def load_checkpoint(path: str | Path, missing: str = "train the run first") -> d
     return state
 
 
+# what a run folder holds of its training (set aside together when a run starts over)
+RUN_STATE = ("ckpt", "best.pt", "train.json", "config.json", "metrics.jsonl", "progress.json", "curves.png",
+             "test.json", "test.png", "test_audio", "probe", "probe.json")
+
+
+def _not_resumable(state: dict, cfg: dict, steps: int) -> str:
+    """Why a checkpoint must not be continued ('' if it may)."""
+    if state["config"] != cfg:
+        keys = sorted(_differing_keys(state["config"], cfg))
+        return f"it was made with another configuration ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"
+    if state["step"] >= steps:
+        return "its run had finished, so this call trains it again"
+    return ""
+
+
+def _differing_keys(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b))
+                for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move the run folder's training state (checkpoints, published results, logs) to ``stale/<time>/``."""
+    dest = run_dir / "stale" / time.strftime("%Y%m%d-%H%M%S")
+    n = 1
+    while dest.exists():
+        dest, n = dest.with_name(f"{dest.name.split('.')[0]}.{n}"), n + 1
+    dest.mkdir(parents=True)
+    for name in RUN_STATE:
+        if (run_dir / name).exists():
+            (run_dir / name).rename(dest / name)
+    return dest
+
+
 def save(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -104,7 +145,8 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
                  stop_after: int | None = None, time_limit: float | None = None, speed: dict | None = None) -> dict:
     """Train ``model`` (already on ``device``) for ``tc["steps"]`` steps; see the module docstring.
 
-    ``cfg`` is the run's whole configuration (saved with it; a checkpoint made with another one is refused);
+    ``cfg`` is the run's whole configuration (saved with it; a checkpoint made with another one, or of a finished
+    run, is moved aside and training starts over, see the module docstring);
     ``tc`` its training settings (lr, warmup_steps, cosine_steps, grad_clip, amp, log_every, eval_every,
     checkpoint_every, checkpoint_minutes, steps). ``stop_after`` ends the call after that many steps in all,
     as if killed right after a checkpoint (for tests); ``time_limit`` ends it at the first step after that many
@@ -122,11 +164,13 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
     noise_gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 1)
     ckpt_path, best_path = run_dir / "ckpt" / "last.pt", run_dir / "ckpt" / "best.pt"
     step, best, best_step, run_id, elapsed = 0, float("-inf"), -1, None, 0.0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state["config"] != cfg:
-            raise UserError(f"{ckpt_path} was made with another configuration; delete {run_dir} to start over "
-                            f"(or restore the parameters it was made with)")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.exists() else None
+    if state is not None and (reason := _not_resumable(state, cfg, tc["steps"])):
+        moved = set_aside(run_dir)
+        log.warning("%s is not resumed: %s. It and the run's logs are moved to %s; %s trains from step 0",
+                    ckpt_path, reason, moved, cfg["run_name"])
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         data_gen.set_state(state["data_gen"])
