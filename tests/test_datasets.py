@@ -92,6 +92,23 @@ def test_inaudible_notes_are_named_and_counted(tiny_run, tiny_params, tmp_path, 
     assert json.loads((tiny_run / "results/data/jsb_multi/summary.json").read_text())["inaudible_notes"] == []
 
 
+def test_source_id_names_the_inputs(tiny_run, tiny_params, tmp_path):
+    """The dataset's source_id (recorded by training checkpoints) is the same for a rebuild from the same inputs
+    and differs when a parameter of the dataset differs."""
+    data, built = tiny_run / "results/data/jsb", tiny_run / "results/data/jsb_multi"
+    summary = json.loads((built / "summary.json").read_text())
+    assert len(summary["source_id"]) == 16 and load_split(built / "train.pt").source_id == summary["source_id"]
+    cfg = step_config(tiny_params, "features", "jsb_multi")
+    again = build_dataset(cfg, "jsb_multi", data / "chords.csv", data / "summary.json",
+                          tiny_run / "results/data/notes/notes.pt", tmp_path / "again")
+    assert again["source_id"] == summary["source_id"]
+    cfg["datasets.jsb_multi"] = {**cfg["datasets.jsb_multi"], "assignments_per_chord": 2}
+    other = build_dataset(cfg, "jsb_multi", data / "chords.csv", data / "summary.json",
+                          tiny_run / "results/data/notes/notes.pt", tmp_path / "other")
+    assert other["source_id"] != summary["source_id"]
+    assert load_split(tmp_path / "other/valid.pt").source_id == other["source_id"]
+
+
 def test_missing_inputs_are_named(tmp_path, tiny_params):
     cfg = step_config(tiny_params, "features", "jsb_single")
     (tmp_path / "chords.csv").write_text("chord,n_notes,split\n60 64,2,train\n")

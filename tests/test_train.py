@@ -81,6 +81,14 @@ def test_resume_continues_bit_identically(tiny_run, tiny_params, tmp_path):
     (stale,) = (tmp_path / "b/stale").iterdir()
     assert json.loads((stale / "config.json").read_text())["train"]["steps"] == 6
     assert [json.loads(line)["step"] for line in (tmp_path / "b/metrics.jsonl").read_text().splitlines()][0] < 4
+    # nor an interrupted run's checkpoint made on other data (the dataset's source_id)
+    assert train_musicslots(cfg, data, tmp_path / "c", device="cpu", threads=1, stop_after=4) == {"stopped_at": 4}
+    last = torch.load(tmp_path / "c/ckpt/last.pt", weights_only=True)
+    assert last["data_id"] == json.loads((data / "summary.json").read_text())["source_id"]
+    torch.save({**last, "data_id": "0123456789abcdef"}, tmp_path / "c/ckpt/last.pt")  # as if the data changed
+    rerun = train_musicslots(cfg, data, tmp_path / "c", device="cpu", threads=1)
+    assert rerun["steps"] == 6 and len(list((tmp_path / "c/stale").iterdir())) == 1
+    assert (tmp_path / "c/metrics.jsonl").read_text() == (tmp_path / "a/metrics.jsonl").read_text()  # from step 0
 
 
 def test_killed_training_resumes_from_its_checkpoint(tiny_run, tiny_params, tmp_path):

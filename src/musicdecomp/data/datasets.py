@@ -19,16 +19,23 @@ pitches            list[int]              MIDI pitch of each pitch class
 programs           list[int]              GM program of each instrument class
 program_names      list[str]              soundfont preset name of each instrument class
 mask_db            float                  threshold of the binary note masks (bank_db >= mask_db)
+source_id          str                    what the dataset was built from: the chords file, the notes'
+                                          soundfont and render settings, the dataset and mel parameters
 =================  =====================  ==========================================================
 
 Notes within an example are in ascending pitch order, real notes first. A note's ground truth is its
 bank row: the dB mel of the isolated note at the gain it has in the mix (floored at its own max - 80 dB);
 its mask is ``bank_db >= mask_db`` (-30 dB, absolute). chord_db is stored as float16 (|error| <= 0.03 dB).
+``source_id`` names the inputs, not the bytes: a dataset rebuilt from the same inputs on another machine has the
+same id even where its floats differ in the last bit. A training checkpoint records it, so that an interrupted run
+is not continued on other data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +43,7 @@ from pathlib import Path
 import torch
 
 from musicdecomp.errors import UserError
-from musicdecomp.io import atomic_path, load_torch, read_json, write_json
+from musicdecomp.io import atomic_path, load_torch, read_json, sha256_of, write_json
 from musicdecomp.logs import get_logger, progress
 from musicdecomp.pipeline import SPLITS
 
@@ -107,6 +114,11 @@ def build_dataset(cfg: dict, dataset: str, chords_csv: str | Path, chords_summar
                     "inaudible_notes)", dataset, len(inaudible), mel["mask_db"],
                     ", ".join(n["name"] for n in inaudible))
     silent_rows = torch.tensor([bank_of[(n["pitch"], n["program"])] for n in inaudible], dtype=torch.int16)
+    chords_sha256 = sha256_of(chords_csv)
+    source_id = hashlib.sha256(json.dumps(
+        {"format": FORMAT, "dataset": dataset, "chords_sha256": chords_sha256, "pitches": list(pitches),
+         "soundfont_sha256": notes["soundfont_sha256"], "render": notes["render"], "dataset_params": ds, "mel": mel},
+        sort_keys=True).encode()).hexdigest()[:16]
 
     assignments = sample_assignments(chords, programs, k, seed)
     summary_splits = {}
@@ -142,7 +154,7 @@ def build_dataset(cfg: dict, dataset: str, chords_csv: str | Path, chords_summar
             "bank_program": torch.tensor([g for _, g in needed], dtype=torch.int16),
             "pitches": list(pitches), "programs": list(programs),
             "program_names": [notes["program_names"][g] for g in programs],
-            "mask_db": float(mel["mask_db"]), "sample_rate": int(notes["sample_rate"]),
+            "mask_db": float(mel["mask_db"]), "sample_rate": int(notes["sample_rate"]), "source_id": source_id,
         }
         path = Path(out_dir) / f"{split}.pt"
         with atomic_path(path) as tmp:
@@ -154,6 +166,8 @@ def build_dataset(cfg: dict, dataset: str, chords_csv: str | Path, chords_summar
     summary = {
         "dataset": dataset,
         "format": FORMAT,
+        "source_id": source_id,
+        "chords_sha256": chords_sha256,
         "splits": summary_splits,
         "examples": {s: v["examples"] for s, v in summary_splits.items()},
         "shapes": {"chord_db": [mel["n_mels"], mel["n_frames"]], "max_voices": max_voices,
@@ -200,6 +214,7 @@ class MusicSlotsSplit:
     pitches: list[int]
     programs: list[int]
     program_names: list[str]
+    source_id: str | None = None  # None: a split built before it was recorded
 
     def __len__(self) -> int:
         return self.chord_db.shape[0]
@@ -233,5 +248,6 @@ def load_split(path: str | Path, device: str | torch.device = "cpu") -> MusicSlo
     split = MusicSlotsSplit(
         chord_db=d["chord_db"].float().unsqueeze(1), note_index=d["note_index"].long(), pitch=d["pitch"].long(),
         instrument=d["instrument"].long(), n_notes=d["n_notes"].long(), bank_db=d["bank_db"].float(),
-        mask_db=d["mask_db"], pitches=d["pitches"], programs=d["programs"], program_names=d["program_names"])
+        mask_db=d["mask_db"], pitches=d["pitches"], programs=d["programs"], program_names=d["program_names"],
+        source_id=d.get("source_id"))
     return split.to(device)

@@ -18,7 +18,7 @@ import torch
 
 from musicdecomp.data.datasets import load_split
 from musicdecomp.eval.accuracy import grid_level, note_level
-from musicdecomp.io import write_json
+from musicdecomp.io import sha256_of, write_json
 from musicdecomp.logs import get_logger
 from musicdecomp.models.baselines import NoteProbe, multilabel_loss, multilabel_targets
 from musicdecomp.train.loop import autocast, load_best, pick_device, run_training
@@ -51,8 +51,9 @@ def vae_features(model, data, device, amp: str, batch_size: int) -> dict[str, to
 
 
 def train_probe(cfg: dict, feats: dict[str, dict], probe_dir: Path, device, kind: str, n_p: int, n_i: int,
-                tracking: dict | None) -> torch.nn.Module:
-    """Fit a linear probe on the train features; ``kind`` "notes" (per-note heads) or "grid" (multi-label)."""
+                tracking: dict | None, data_id: str | None = None) -> torch.nn.Module:
+    """Fit a linear probe on the train features; ``kind`` "notes" (per-note heads) or "grid" (multi-label).
+    ``data_id`` names what the features come from (the dataset and the frozen model)."""
     tc = cfg["train"]
     dim = feats["train"]["feats"].shape[-1]
     probe = (NoteProbe(dim, n_p, n_i) if kind == "notes" else torch.nn.Linear(dim, n_p * n_i)).to(device)
@@ -75,7 +76,7 @@ def train_probe(cfg: dict, feats: dict[str, dict], probe_dir: Path, device, kind
         return {"score": acc["chord"], **{f"acc_{k}": v for k, v in acc.items()}}
 
     run_training(cfg, tc, probe_dir, probe, device, sample, loss, validate, tracking,
-                 {"model": f"probe-{kind}", "seed": str(cfg["seed"])})
+                 {"model": f"probe-{kind}", "seed": str(cfg["seed"])}, data_id=data_id)
     probe.load_state_dict(load_best(probe_dir)["model"])
     return probe
 
@@ -119,7 +120,9 @@ def probe_run(probe_cfg: dict, run_dir: str | Path, data_dir: str | Path, out_js
         model.eval()
         feats = {s: extract(model, data[s], dev, amp, bs) for s in SPLITS}
         pcfg = {"run_name": f"{cfg['run_name']}/probe", "seed": cfg["seed"], "train": probe_cfg["train"]}
-        probe = train_probe(pcfg, feats, run_dir / "probe", dev, probe_kind, n_p, n_i, tracking)
+        # the features are the frozen model's: a probe checkpoint of another model (or data) is not continued
+        data_id = f"{data['train'].source_id}/{sha256_of(run_dir / 'best.pt')[:16]}"
+        probe = train_probe(pcfg, feats, run_dir / "probe", dev, probe_kind, n_p, n_i, tracking, data_id)
         probe.eval()
         acc = score(probe, feats["test"], probe_kind, n_p, n_i)
     name = cfg["variant"] if kind == "musicslots" else cfg["baseline"]

@@ -82,4 +82,4 @@ def train_baseline(cfg: dict, data_dir: str | Path, run_dir: str | Path, device:
 
     return run_training(cfg, tc, run_dir, model, dev, sample, loss, validate, tracking,
                         {"model": cfg["baseline"], "dataset": cfg["dataset"], "seed": str(cfg["seed"])},
-                        stop_after, time_limit, speed)
+                        stop_after, time_limit, speed, data_id=train.source_id)

@@ -104,11 +104,14 @@ RUN_STATE = ("ckpt", "best.pt", "train.json", "config.json", "metrics.jsonl", "p
              "test.json", "test.png", "test_audio", "probe", "probe.json")
 
 
-def _not_resumable(state: dict, cfg: dict, steps: int) -> str:
+def _not_resumable(state: dict, cfg: dict, steps: int, data_id: str | None) -> str:
     """Why a checkpoint must not be continued ('' if it may)."""
     if state["config"] != cfg:
         keys = sorted(_differing_keys(state["config"], cfg))
         return f"it was made with another configuration ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"
+    if data_id is not None and state.get("data_id") is not None and state["data_id"] != data_id:
+        return (f"it was trained on other data (data {state['data_id']}, now {data_id}: the dataset was rebuilt from "
+                f"other chords, notes or parameters)")
     if state["step"] >= steps:
         return "its run had finished, so this call trains it again"
     return ""
@@ -142,13 +145,15 @@ def save(path: Path, state: dict) -> None:
 def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Module, device: torch.device,
                  sample: Callable[[torch.Generator], object], loss: Callable[[object, torch.Generator], tuple],
                  validate: Callable[[], dict], tracking: dict | None = None, tags: dict | None = None,
-                 stop_after: int | None = None, time_limit: float | None = None, speed: dict | None = None) -> dict:
+                 stop_after: int | None = None, time_limit: float | None = None, speed: dict | None = None,
+                 data_id: str | None = None) -> dict:
     """Train ``model`` (already on ``device``) for ``tc["steps"]`` steps; see the module docstring.
 
     ``cfg`` is the run's whole configuration (saved with it; a checkpoint made with another one, or of a finished
     run, is moved aside and training starts over, see the module docstring);
     ``tc`` its training settings (lr, warmup_steps, cosine_steps, grad_clip, amp, log_every, eval_every,
-    checkpoint_every, checkpoint_minutes, steps). ``stop_after`` ends the call after that many steps in all,
+    checkpoint_every, checkpoint_minutes, steps). ``data_id`` names the data the run trains on (the dataset's
+    ``source_id``); a checkpoint made on other data is not continued either. ``stop_after`` ends the call after that many steps in all,
     as if killed right after a checkpoint (for tests); ``time_limit`` ends it at the first step after that many
     seconds of this call, with a checkpoint. Either way the call returns ``{"stopped_at": step}``. ``speed``: see
     the module docstring.
@@ -165,7 +170,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
     ckpt_path, best_path = run_dir / "ckpt" / "last.pt", run_dir / "ckpt" / "best.pt"
     step, best, best_step, run_id, elapsed = 0, float("-inf"), -1, None, 0.0
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.exists() else None
-    if state is not None and (reason := _not_resumable(state, cfg, tc["steps"])):
+    if state is not None and (reason := _not_resumable(state, cfg, tc["steps"], data_id)):
         moved = set_aside(run_dir)
         log.warning("%s is not resumed: %s. It and the run's logs are moved to %s; %s trains from step 0",
                     ckpt_path, reason, moved, cfg["run_name"])
@@ -194,7 +199,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
         save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": cfg,
                          "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state(),
                          "torch_rng": torch.get_rng_state(), "best_score": best, "best_step": best_step,
-                         "mlflow_run_id": tracker.run_id, "elapsed": elapsed + wall})
+                         "mlflow_run_id": tracker.run_id, "elapsed": elapsed + wall, "data_id": data_id})
         write_json(run_dir / "progress.json", {
             "run_name": cfg["run_name"], "step": step, "steps": tc["steps"], "best_val_score": best,
             "best_step": best_step, "device": device_name, "speed": speed, "wall_seconds": elapsed + wall,

@@ -99,4 +99,4 @@ def train_musicslots(cfg: dict, data_dir: str | Path, run_dir: str | Path, devic
 
     return run_training(cfg, tc, run_dir, model, dev, sample, loss, validate, tracking,
                         {"model": "musicslots", "dataset": cfg["dataset"], "variant": cfg["variant"],
-                         "seed": str(cfg["seed"])}, stop_after, time_limit, speed)
+                         "seed": str(cfg["seed"])}, stop_after, time_limit, speed, data_id=train.source_id)
