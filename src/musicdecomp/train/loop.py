@@ -154,9 +154,9 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
     ``tc`` its training settings (lr, warmup_steps, cosine_steps, grad_clip, amp, log_every, eval_every,
     checkpoint_every, checkpoint_minutes, steps). ``data_id`` names the data the run trains on (the dataset's
     ``source_id``); a checkpoint made on other data is not continued either. ``stop_after`` ends the call after
-    that many steps in all, as if killed right after a checkpoint (for tests); ``time_limit`` ends it at the first step after that many
-    seconds of this call, with a checkpoint. Either way the call returns ``{"stopped_at": step}``. ``speed``: see
-    the module docstring.
+    that many steps in all, as if killed right after a checkpoint (for tests); ``time_limit`` ends it at the first
+    step after that many seconds of this call, with a checkpoint. Either way the call returns
+    ``{"stopped_at": step}``. ``speed``: see the module docstring.
     """
     run_dir = Path(run_dir)
     speed = check_speed(speed)
