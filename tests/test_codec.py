@@ -8,7 +8,7 @@ import torch
 from musicdecomp.codec.latents import cache_codes, subset_codes
 from musicdecomp.codec.model import build_encodec, codes_to_latent, encode_codes, latent_to_audio
 from musicdecomp.codec.source import load_codec, prepare_codec
-from musicdecomp.codec.train import train_codec
+from musicdecomp.codec.train import stems_data_id, train_codec
 from musicdecomp.config import deep_merge, load_params, step_config
 from musicdecomp.data.stems import build_stems, load_chunk
 from musicdecomp.errors import UserError
@@ -138,6 +138,12 @@ def test_trained_codec_runs_and_resumes(stems_dir, tmp_path):
     resumed, straight = (torch.load(tmp_path / d / "ckpt" / "last.pt", weights_only=True)["model"]
                          for d in ("run", "straight"))
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    # the checkpoint names the stems it was trained on, so it is not continued on other ones
+    last = torch.load(tmp_path / "run" / "ckpt" / "last.pt", weights_only=True)
+    assert last["data_id"] == stems_data_id(stems_dir) and len(last["data_id"]) == 16
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "train.json").write_text("{}")
+    assert stems_data_id(tmp_path / "other") != stems_data_id(stems_dir)
 
 
 def test_codec_training_stopped_by_its_time_limit_writes_no_codec(stems_dir, tmp_path):

@@ -6,6 +6,7 @@ validation by the MS-STFT distance on fixed crops of the validation split.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -108,4 +109,15 @@ def train_codec(cfg: dict, stems_dir: str | Path, run_dir: str | Path, device: s
         return {"score": -d, "ms_stft": d}
 
     return run_training(cfg, tc, run_dir, model, dev, sample, loss, validate, tracking,
-                        {"model": "codec", "seed": str(cfg["seed"])}, stop_after, time_limit)
+                        {"model": "codec", "seed": str(cfg["seed"])}, stop_after, time_limit,
+                        data_id=stems_data_id(stems_dir))
+
+
+def stems_data_id(stems_dir: str | Path) -> str:
+    """What the stems were built from, as a short hash of their summary and the train/valid chunk indexes (text
+    written from the inputs and settings): a checkpoint made on other stems is not continued."""
+    h = hashlib.sha256()
+    for name in ("summary.json", "train.json", "valid.json"):
+        path = Path(stems_dir) / name
+        h.update(name.encode() + (path.read_bytes() if path.exists() else b"-"))
+    return h.hexdigest()[:16]
