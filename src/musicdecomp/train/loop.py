@@ -8,11 +8,12 @@ resuming: rerunning continues from ``<run>/ckpt/last.pt`` (every ``checkpoint_ev
 ``checkpoint_minutes``), restoring weights, optimiser and random streams, so an interrupted run ends
 bit-identical to an uninterrupted one on the same device.
 
-Only an interrupted run with the same configuration and data (``data_id``) is resumed. A checkpoint of a
-*finished* run, or one made with another configuration or on other data, is not: a workflow manager reruns a finished training job only because something it
-depends on changed (parameters, data, code) or because it was asked to, so the run trains again from step 0. The
-old checkpoint and logs are moved to ``<run>/stale/<time>/`` (nothing is deleted), with a warning saying why.
-(Snakemake's ``--touch`` or DVC's ``dvc commit`` accept an old result instead of retraining.)
+Only an interrupted run with the same configuration and data (``data_id``) is resumed. A checkpoint of a *finished*
+run, or one made with another configuration or on other data, is not: a workflow manager reruns a finished training
+job only because something it depends on changed (parameters, data, code) or because it was asked to, so the run
+trains again from step 0. The old checkpoint and logs are moved to ``<run>/stale/<time>/`` (nothing is deleted),
+with a warning saying why. (Snakemake's ``--touch`` or DVC's ``dvc commit`` accept an old result instead of
+retraining.)
 
 Run folder: ``best.pt`` ({model, config, step, val}), ``train.json`` (summary), ``config.json``,
 ``metrics.jsonl``, ``curves.png``, ``progress.json`` (step, best, throughput; rewritten at every checkpoint, so a
