@@ -1,11 +1,13 @@
 """Parameters: merging, validation with one-line errors, and the slice each step receives."""
 
+import copy
+import re
 import subprocess
 import sys
 
 import pytest
 
-from musicdecomp.config import deep_merge, flatten, load_params, step_config, validate
+from musicdecomp.config import check_slice, deep_merge, flatten, load_params, step_config, validate
 from musicdecomp.errors import UserError
 
 from conftest import REPO, tool_env
@@ -126,3 +128,115 @@ def test_config_command_prints_the_slice_a_step_receives(params, tmp_path):
     printed = json.loads(proc.stdout)
     assert printed == step_config(params, "train_musicslots", "jsb_multi", "sigmoid-t2-imp_false-k5", 3)
     assert printed["model"]["mask"] == "sigmoid" and printed["model"]["num_slots"] == 5
+
+
+def _every_slice(params):
+    """(step, dataset, variant, seed, slice as the JSON round trip hands it) for every step the params define."""
+    import json
+
+    from musicdecomp.pipeline import STEPS
+    from musicdecomp.sweep import baseline_runs, musicslots_runs
+
+    for step, spec in STEPS.items():
+        if step == "train_musicslots":
+            runs = musicslots_runs(params)
+        elif step == "train_baseline":
+            runs = baseline_runs(params)
+        elif spec.per_dataset:
+            runs = [(name, None, None) for name in params["datasets"]]
+        else:
+            runs = [(None, None, None)]
+        for run in runs:
+            yield step, *run, json.loads(json.dumps(step_config(params, step, *run)))
+
+
+def test_every_slice_the_params_give_passes_its_check(params, tiny_params):
+    seen = set()
+    for p in (params, tiny_params):
+        for step, dataset, variant, seed, cfg in _every_slice(p):
+            check_slice(cfg, step, dataset, variant, seed)
+            seen.add(step)
+    from musicdecomp.pipeline import STEPS
+
+    assert seen == set(STEPS)
+
+
+def _without(cfg, *path):
+    out = copy.deepcopy(cfg)
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    return out
+
+
+RUN = ("jsb_multi", "none-t1-imp_true-k7", 0)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("train lacks a key", "parameter musicslots.train.checkpoint_minutes is missing; print it again with "
+                          "`python -m musicdecomp config train-musicslots --dataset jsb_multi --variant "
+                          "none-t1-imp_true-k7 --seed 0`"),
+    ("model has an unknown key", "unknown parameter musicslots.model.dropout"),
+    ("model value out of range", "parameter musicslots.model.mask = 'alpha' is out of range"),
+    ("slice for another variant", "it is for variant 'softmax-t1-imp_true-k7', but the command line says "
+                                  "--variant none-t1-imp_true-k7"),
+    ("slice for another seed", "it is for seed 1, but the command line says --seed 0"),
+    ("slice lacks its run name", "it lacks run_name"),
+    ("eval lacks amp", "the --config of eval-musicslots: parameter musicslots.eval.amp is missing"),
+    ("features lacks the dataset seed", "parameter datasets.jsb_multi.seed is missing"),
+    ("features for another dataset", "it is for dataset 'jsb_single', but the command line says --dataset jsb_multi"),
+    ("render programs out of range", "programs = [0, 300] is out of range"),
+    ("vae without its weight", "a vae slice needs kld_weight"),
+    ("trained codec without its loop", "the --config of codec: it lacks trained.train"),
+])
+def test_check_slice_names_what_is_wrong_and_how_to_mend_it(tiny_params, case, words):
+    """A slice printed by another version, or for another run, is refused in one line, before the step runs."""
+    p = tiny_params
+    train = step_config(p, "train_musicslots", *RUN)
+    step, run, cfg = "train_musicslots", RUN, None
+    if case == "train lacks a key":
+        cfg = _without(train, "train", "checkpoint_minutes")
+    elif case == "model has an unknown key":
+        cfg = deep_merge(train, {"model": {"dropout": 0.1}})
+    elif case == "model value out of range":
+        cfg = deep_merge(train, {"model": {"mask": "alpha"}})
+    elif case == "slice for another variant":
+        cfg = step_config(p, "train_musicslots", "jsb_multi", "softmax-t1-imp_true-k7", 0)
+    elif case == "slice for another seed":
+        cfg = step_config(p, "train_musicslots", "jsb_multi", "none-t1-imp_true-k7", 1)
+    elif case == "slice lacks its run name":
+        cfg = _without(train, "run_name")
+    elif case == "eval lacks amp":
+        step, run, cfg = "eval_musicslots", (None, None, None), {"musicslots.eval": {"iters": None}}
+    elif case == "features lacks the dataset seed":
+        step, run = "features", ("jsb_multi", None, None)
+        cfg = _without(step_config(p, step, "jsb_multi"), "datasets.jsb_multi", "seed")
+    elif case == "features for another dataset":
+        step, run, cfg = "features", ("jsb_multi", None, None), step_config(p, "features", "jsb_single")
+    elif case == "render programs out of range":
+        step, run, cfg = "render", (None, None, None), {**step_config(p, "render"), "programs": [0, 300]}
+    elif case == "vae without its weight":
+        step, run = "train_baseline", ("jsb_multi", "vae-kl0.0", 0)
+        cfg = _without(step_config(p, step, *run), "kld_weight")
+    elif case == "trained codec without its loop":
+        step, run = "codec", (None, None, None)
+        cfg = _without(step_config(p, step), "trained", "train")
+    with pytest.raises(UserError, match=re.escape(words)):
+        check_slice(cfg, step, *run)
+
+
+def test_a_stale_config_slice_stops_the_step_in_one_line(tiny_params, tmp_path):
+    """Through the command line, outside the repository (as on the GPU machine): exit 2, one line, no output."""
+    import json
+
+    cfg = _without(step_config(tiny_params, "train_musicslots", *RUN), "train", "amp")
+    proc = subprocess.run([sys.executable, "-m", "musicdecomp", "train-musicslots", "--config", json.dumps(cfg),
+                           "--dataset", RUN[0], "--variant", RUN[1], "--seed", str(RUN[2]), "--data-dir", "data",
+                           "--run-dir", "run"], cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "musicdecomp train-musicslots: error: the --config of train-musicslots: parameter musicslots.train.amp is "
+        "missing; print it again with `python -m musicdecomp config train-musicslots --dataset jsb_multi --variant "
+        "none-t1-imp_true-k7 --seed 0` (it may come from another version of musicdecomp)"]
+    assert not (tmp_path / "run").exists()

@@ -182,6 +182,27 @@ def test_a_stage_without_the_step_configs_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "work").exists()  # no dataset rebuilt, nothing trained
 
 
+def test_a_stage_of_another_version_is_refused_before_any_work(tiny_params, tmp_path):
+    """Every staged slice is checked as the steps will check it, before the dataset is rebuilt on the device."""
+    from musicdecomp.config import step_config
+
+    variant = "none-t2-imp_true-k3"
+    run = step_config(tiny_params, "train_musicslots", "jsb_multi", variant, 0)
+    del run["train"]["checkpoint_minutes"]  # as if staged before that key existed
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "configs.json").write_text(json.dumps({
+        "features": step_config(tiny_params, "features", "jsb_multi"),
+        "eval-musicslots": step_config(tiny_params, "eval_musicslots"), variant: run}))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "run", "--stage", str(stage), "--out", str(tmp_path / "out"),
+                           "--work", str(tmp_path / "work"), "--budget", "60", "--device", "cpu"],
+                          cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "parameter musicslots.train.checkpoint_minutes is missing" in proc.stderr, proc.stderr[-2000:]
+    assert "stage it again with `prepare`" in proc.stderr
+    assert not (tmp_path / "work").exists()
+
+
 def test_a_run_finished_in_the_work_folder_is_not_trained_again(tiny_run, tiny_override, tmp_path):
     stage, work = tmp_path / "stage", tmp_path / "machine"
     script("prepare", "--stage", stage, "--params", REPO / "params.yaml", REPO / "config/tiny.yaml", tiny_override,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from musicdecomp.errors import UserError
 from musicdecomp.eval.musicslots import evaluate_run
@@ -42,7 +43,9 @@ def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, 
     assert [m.step for m in client.get_metric_history(first, "val/miou")] == [2, 4]
     assert {"ckpt", "metrics.jsonl", "progress.json", "curves.png"} <= {a.path for a in client.list_artifacts(first)}
 
-    # continued to the end and evaluated: ingesting again replaces the earlier ingested run
+    # continued to the end (with code changed meanwhile) and evaluated: ingesting again replaces the earlier run
+    last = torch.load(run / "ckpt/last.pt", weights_only=True)
+    torch.save({**last, "code": {**last["code"], "models/encoder.py": "0" * 16}}, run / "ckpt/last.pt")
     train_musicslots(cfg, data, run, device="cpu")
     test = evaluate_run(run, data, run / "test.json", run / "test.png", device="cpu", audio_dir=run / "test_audio")
     second = ingest_run(run, tracking, tmp_path / "artifacts")
@@ -50,6 +53,7 @@ def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, 
     assert list(found["run_id"]) == [second] and second != first
     row = found.iloc[0]
     assert row["status"] == "FINISHED" and row["metrics.test/miou"] == pytest.approx(test["test"]["miou"])
+    assert row["tags.code_changed_at_steps"] == "4"  # as the training's own MLflow run would be tagged
     assert [m.step for m in client.get_metric_history(second, "val/miou")] == [2, 4, 6]
     assert {"best.pt", "train.json", "test.png", "test_audio"} <= {a.path for a in client.list_artifacts(second)}
     assert "test_audio/index.json" in {a.path for a in client.list_artifacts(second, "test_audio")}

@@ -1,6 +1,7 @@
 """MusicSlots training: resuming (in process and after a real kill), MLflow logging, evaluation, tables."""
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 from musicdecomp.errors import UserError
 from musicdecomp.eval.musicslots import evaluate_run
 from musicdecomp.eval.tables import table1
+from musicdecomp.pipeline import STEPS
 from musicdecomp.sweep import musicslots_runs, train_config, variant_model, variant_name
 from musicdecomp.train.musicslots import train_musicslots
 from musicdecomp.train.schedule import learning_rate
@@ -50,7 +52,7 @@ def test_schedule():
     assert learning_rate(99999, 3e-4, 10000, 500000) == pytest.approx(0.905 * 3e-4, rel=1e-2)  # official
 
 
-def test_resume_continues_bit_identically(tiny_run, tiny_params, tmp_path):
+def test_resume_continues_bit_identically(tiny_run, tiny_params, tmp_path, caplog):
     data = tiny_run / "results/data/jsb_multi"
     cfg = tiny_cfg(tiny_params)
     full = train_musicslots(cfg, data, tmp_path / "a", device="cpu", threads=1)
@@ -89,6 +91,19 @@ def test_resume_continues_bit_identically(tiny_run, tiny_params, tmp_path):
     rerun = train_musicslots(cfg, data, tmp_path / "c", device="cpu", threads=1)
     assert rerun["steps"] == 6 and len(list((tmp_path / "c/stale").iterdir())) == 1
     assert (tmp_path / "c/metrics.jsonl").read_text() == (tmp_path / "a/metrics.jsonl").read_text()  # from step 0
+    # an interrupted run whose code changed meanwhile is resumed (a requeued job keeps its hours), but on record
+    assert json.loads((tmp_path / "a/train.json").read_text())["code_changes"] == []
+    assert train_musicslots(cfg, data, tmp_path / "d", device="cpu", threads=1, stop_after=4) == {"stopped_at": 4}
+    last = torch.load(tmp_path / "d/ckpt/last.pt", weights_only=True)
+    assert last["code"] == STEPS["train_musicslots"].code_id() and "models/decoder.py" in last["code"]
+    torch.save({**last, "code": {**last["code"], "models/decoder.py": "0" * 16}}, tmp_path / "d/ckpt/last.pt")
+    with caplog.at_level(logging.WARNING, logger="musicdecomp"):
+        resumed = train_musicslots(cfg, data, tmp_path / "d", device="cpu", threads=1)
+    assert resumed["code_changes"] == [{"step": 4, "files": ["models/decoder.py"]}]
+    assert "continues at step 4 with changed code (models/decoder.py)" in caplog.text
+    assert not (tmp_path / "d/stale").exists()
+    assert (tmp_path / "d/metrics.jsonl").read_text() == (tmp_path / "a/metrics.jsonl").read_text()  # resumed
+    assert torch.load(tmp_path / "d/ckpt/last.pt", weights_only=True)["code_changes"] == resumed["code_changes"]
 
 
 def test_killed_training_resumes_from_its_checkpoint(tiny_run, tiny_params, tmp_path):
@@ -197,6 +212,8 @@ def test_mlflow_run_is_logged_and_continued(tiny_run, tiny_params, tmp_path, mon
     cfg = tiny_cfg(tiny_params, "sigmoid-t1-imp_true-k4")
     data = tiny_run / "results/data/jsb_multi"
     train_musicslots(cfg, data, tmp_path / "r", device="cpu", tracking=tracking, stop_after=2)
+    last = torch.load(tmp_path / "r/ckpt/last.pt", weights_only=True)  # as if train/loop.py changed meanwhile
+    torch.save({**last, "code": {**last["code"], "train/loop.py": "0" * 16}}, tmp_path / "r/ckpt/last.pt")
     summary = train_musicslots(cfg, data, tmp_path / "r", device="cpu", tracking=tracking)
     evaluate_run(tmp_path / "r", data, tmp_path / "r/test.json", tmp_path / "r/test.png", device="cpu",
                  tracking=tracking, audio_dir=tmp_path / "r/test_audio")
@@ -207,6 +224,7 @@ def test_mlflow_run_is_logged_and_continued(tiny_run, tiny_params, tmp_path, mon
     assert run["run_id"] == summary["mlflow_run_id"] and run["status"] == "FINISHED"
     assert run["tags.mlflow.runName"] == "jsb_multi/sigmoid-t1-imp_true-k4/seed0"
     assert run["params.model.mask"] == "sigmoid" and run["params.train.steps"] == "6"
+    assert run["tags.code_changed_at_steps"] == "2" and run["tags.variant"] == "sigmoid-t1-imp_true-k4"
     assert run["metrics.test/miou"] == pytest.approx(json.loads((tmp_path / "r/test.json").read_text())["test"]["miou"])
     history = mlflow.tracking.MlflowClient().get_metric_history(run["run_id"], "train/loss")
     assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]

@@ -14,17 +14,20 @@ import os
 import sys
 import time
 
-from musicdecomp.config import DEFAULT_PARAMS, from_json, load_params, step_config, to_json
+from musicdecomp.config import DEFAULT_PARAMS, check_slice, from_json, load_params, step_config, to_json
 from musicdecomp.errors import UserError
 from musicdecomp.logs import get_logger, log_to_files, setup_logging
 
 
 def _step_cfg(args: argparse.Namespace, step: str) -> dict:
+    run = getattr(args, "dataset", None), getattr(args, "variant", None), getattr(args, "seed", None)
     if args.config is None:
         # the same JSON round trip as Snakemake's --config, so both tools hand the step the same object
-        args.config = to_json(step_config(load_params(args.params), step, getattr(args, "dataset", None),
-                                          getattr(args, "variant", None), getattr(args, "seed", None)))
-    return from_json(args.config)
+        args.config = to_json(step_config(load_params(args.params), step, *run))
+        return from_json(args.config)
+    cfg = from_json(args.config)
+    check_slice(cfg, step, *run)  # a slice from elsewhere, perhaps from another version
+    return cfg
 
 
 def _tracking(args) -> dict | None:
@@ -164,10 +167,6 @@ def cmd_train_musicslots(args):
 def cmd_eval_musicslots(args):
     from musicdecomp.eval.musicslots import evaluate_run
     cfg = _step_cfg(args, "eval_musicslots")["musicslots.eval"]
-    lacking = sorted({"iters", "amp"} - set(cfg))
-    if lacking:  # a --config printed by an older version
-        raise UserError(f"the eval-musicslots config lacks musicslots.eval.{', '.join(lacking)}; print it again with "
-                        f"`python -m musicdecomp config eval-musicslots`")
     # --iters (a one-off check) wins over musicslots.eval.iters
     iters = args.iters if args.iters is not None else cfg["iters"]
     evaluate_run(args.run_dir, args.data_dir, args.out, args.figure, device=args.device, tracking=_tracking(args),

@@ -285,30 +285,49 @@ def _schema_entry(key: str) -> Check | None:
     return None
 
 
-def validate(params: dict, prefix: str = "") -> None:
-    """Check every leaf under ``prefix`` (all when empty): known name, value in range, cross-field rules."""
+def _required_keys(flat: dict[str, Any]) -> list[str]:
+    """Every schema key, with a '*' level (a dataset's name) spelled out for each name that ``flat`` uses
+    there: a dataset defined without ``seed`` is missing ``datasets.<name>.seed``."""
+    out = []
+    for key in SCHEMA:
+        parts = key.split(".")
+        if "*" not in parts:
+            out.append(key)
+            continue
+        i = parts.index("*")
+        if i == len(parts) - 1:  # a mapping of free names (stems.subsets.*): none is required
+            continue
+        head = ".".join(parts[:i]) + "."
+        names = sorted({k[len(head):].split(".")[0] for k in flat if k.startswith(head)})
+        out += [".".join([*parts[:i], name, *parts[i + 1:]]) for name in names]
+    return out
+
+
+def validate(params: dict, prefix: str = "", fix: str | None = None) -> None:
+    """Check every leaf under ``prefix`` (all when empty): known name, value in range, cross-field rules.
+    ``fix`` replaces the advice that ends each error (by default: edit params.yaml)."""
     flat = flatten(params)
     for key, value in flat.items():
         if prefix and not (key == prefix or key.startswith(prefix + ".")):
             continue
         entry = _schema_entry(key)
         if entry is None:
-            raise UserError(f"unknown parameter {key}; check its spelling against params.yaml")
+            raise UserError(f"unknown parameter {key}; {fix or 'check its spelling against params.yaml'}")
         ok, desc = entry
         if not ok(value):
             raise UserError(f"parameter {key} = {value!r} is out of range: expected {desc}; "
-                            f"fix it in params.yaml or your override file")
-    for key in SCHEMA:
-        if "*" not in key and (not prefix or key.startswith(prefix + ".") or key == prefix) and key not in flat:
+                            f"{fix or 'fix it in params.yaml or your override file'}")
+    for key in _required_keys(flat):
+        if (not prefix or key.startswith(prefix + ".") or key == prefix) and key not in flat:
             if any(k.startswith(key + ".") for k in flat):
                 continue
-            raise UserError(f"parameter {key} is missing; add it to params.yaml (see the README)")
+            raise UserError(f"parameter {key} is missing; {fix or 'add it to params.yaml (see the README)'}")
     if not prefix or prefix.startswith("data.mel") or prefix == "data":
         if "data" in params and "mel" in params["data"]:
-            mel = params["data"]["mel"]
-            if mel["f_max"] <= mel["f_min"]:
+            mel = params["data"]["mel"]  # (a step's slice may hold only some of it, e.g. mask_db)
+            if {"f_min", "f_max"} <= mel.keys() and mel["f_max"] <= mel["f_min"]:
                 raise UserError(f"parameter data.mel.f_max = {mel['f_max']} must exceed data.mel.f_min = {mel['f_min']}")
-            if mel["hop_length"] > mel["n_fft"]:
+            if {"hop_length", "n_fft"} <= mel.keys() and mel["hop_length"] > mel["n_fft"]:
                 raise UserError("parameter data.mel.hop_length must not exceed data.mel.n_fft")
     if (not prefix or prefix.startswith("codec")) and "codec" in params and "stems" in params:
         if params["stems"]["sample_rate"] != 24000:
@@ -361,6 +380,79 @@ def step_config(params: dict, step: str, dataset: str | None = None, variant: st
         out = {k: v for k, v in out.items() if not k.startswith("datasets.")}
         out["programs"] = render_programs(params)
     return out
+
+
+def _in_slice(cfg: dict, path: str) -> tuple[bool, Any]:
+    """A slice's entry: a top-level key as it is ("data.mel"), else a path through nested mappings."""
+    if path in cfg:
+        return True, cfg[path]
+    node: Any = cfg
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def check_slice(cfg: dict, step: str, dataset: str | None = None, variant: str | None = None,
+                seed: int | None = None) -> None:
+    """Check a slice handed to ``step`` from outside (Snakemake's --config, or one printed earlier by
+    ``python -m musicdecomp config``) as ``step_config`` checks params.yaml: every key there, known, in range,
+    and naming the same dataset, variant and seed as the command line. A slice printed by another version
+    of this package gets one line saying so, not a KeyError deep inside the step. Needs no YAML and no
+    params.yaml (the GPU machine runs steps from slices alone)."""
+    from musicdecomp.pipeline import STEPS
+
+    if step not in STEPS:
+        raise UserError(f"unknown step {step!r}; known steps: {', '.join(STEPS)}")
+    spec, name = STEPS[step], step.replace("_", "-")
+    again = (f"print it again with `python -m musicdecomp config {name}"
+             + "".join(f" --{o} {v}" for o, v in (("dataset", dataset), ("variant", variant), ("seed", seed))
+                       if v is not None) + "` (it may come from another version of musicdecomp)")
+
+    def bad(problem: str):
+        raise UserError(f"the --config of {name}: {problem}; {again}")
+
+    if spec.resolve is None:  # a slice cut from params.yaml: its keys are the step's own
+        if spec.per_dataset and dataset is None:
+            bad("the step needs --dataset too")
+        fields = [k.format(dataset=dataset) for k in spec.params if not k.startswith("datasets.")
+                  or not spec.uses_all_programs] + (["programs"] if spec.uses_all_programs else [])
+        sections = [(k, k) for k in fields if k != "programs"]
+        extra = sorted(set(cfg) - set(fields))
+        other = [k for k in extra if k.startswith("datasets.") and k.count(".") == 1]
+        if other and dataset is not None and f"datasets.{dataset}" not in cfg:
+            bad(f"it is for dataset {other[0].split('.')[1]!r}, but the command line says --dataset {dataset}")
+        if extra:
+            bad(f"it holds {', '.join(extra)}, which this step does not take")
+        if spec.uses_all_programs and "programs" in cfg and not _programs()[0](cfg["programs"]):
+            bad(f"programs = {cfg['programs']!r} is out of range: expected {_programs()[1]}")
+    else:
+        fields, sections = list(spec.fields), list(spec.sections)
+    lacking = [k for k in fields if k not in cfg]
+    if lacking:
+        bad(f"it lacks {', '.join(lacking)}")
+    for option, value in (("dataset", dataset), ("variant", variant), ("seed", seed)):
+        key = "baseline" if option == "variant" and "baseline" in fields else option
+        if value is not None and key in fields and str(cfg[key]) != str(value):
+            bad(f"it is for {key} {cfg[key]!r}, but the command line says --{option} {value}")
+    if spec.check is not None and (problem := spec.check(cfg)):
+        bad(problem)
+    for path, key in sections:
+        optional, path = path.endswith("?"), path.rstrip("?")
+        found, value = _in_slice(cfg, path)
+        if not found:
+            if optional and path.split(".")[0] not in cfg:
+                continue
+            bad(f"it lacks {path}")
+        key = key.format(**{k: v for k, v in cfg.items() if isinstance(v, str)})
+        nested: Any = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        try:
+            validate(nested, key, fix=again)
+        except UserError as e:
+            raise UserError(f"the --config of {name}: {e}") from None
 
 
 def render_programs(params: dict) -> list[int]:

@@ -89,6 +89,15 @@ def baseline_config(params: dict, dataset: str, name: str, seed: int) -> dict:
     return {**cfg, "kind": "vae", "kld_weight": float(m.group(1)), "model": vae["model"], "train": vae["train"]}
 
 
+def check_baseline_slice(cfg: dict) -> str | None:
+    """What a baseline slice needs beyond its common fields (see config.check_slice); the problem, or None."""
+    if cfg["kind"] not in ("vae", "cnn"):
+        return f"kind = {cfg['kind']!r} is neither vae nor cnn"
+    if cfg["kind"] == "vae" and not (isinstance(cfg.get("kld_weight"), (int, float)) and cfg["kld_weight"] >= 0):
+        return "a vae slice needs kld_weight, a number >= 0"
+    return None
+
+
 def probe_config(params: dict, *_run) -> dict:
     """What a probe depends on: the probe's training settings (the probed run brings its own config)."""
     return {"train": params["probe"]["train"]}

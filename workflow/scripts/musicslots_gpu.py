@@ -90,6 +90,22 @@ def log(msg: str, t0: float) -> None:
     print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
 
 
+def check_configs(path: Path, configs: dict, variants: list[str]) -> None:
+    """Each staged slice as the steps will check it, before any device time is spent (a stage made by another
+    version of musicdecomp would otherwise stop after the dataset is rebuilt)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from musicdecomp.config import check_slice
+    from musicdecomp.errors import UserError
+
+    try:
+        check_slice(configs["features"], "features", DATASET)
+        check_slice(configs["eval-musicslots"], "eval_musicslots")
+        for variant in variants:
+            check_slice(configs[variant], "train_musicslots", DATASET, variant, configs[variant].get("seed"))
+    except UserError as e:
+        sys.exit(f"{path}: {e}. Or stage it again with `prepare`")
+
+
 def run(args) -> None:
     t0 = time.perf_counter()
     stage, out, work = Path(args.stage), Path(args.out), Path(args.work)
@@ -100,6 +116,7 @@ def run(args) -> None:
     if lacking:  # checked before any device time is spent
         sys.exit(f"{stage / 'configs.json'} has no config for {', '.join(lacking)} (staged by an older version of "
                  f"this script); stage it again with `prepare`")
+    check_configs(stage / "configs.json", configs, variants)
     eval_cfg = configs["eval-musicslots"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MUSICDECOMP_PROGRESS": "0"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))

@@ -16,6 +16,7 @@ from musicdecomp.codec.model import build_encodec
 from musicdecomp.errors import UserError
 from musicdecomp.eval.msstft import ms_stft_distance
 from musicdecomp.io import read_json
+from musicdecomp.pipeline import STEPS
 from musicdecomp.train.loop import pick_device, run_training
 
 
@@ -110,7 +111,7 @@ def train_codec(cfg: dict, stems_dir: str | Path, run_dir: str | Path, device: s
 
     return run_training(cfg, tc, run_dir, model, dev, sample, loss, validate, tracking,
                         {"model": "codec", "seed": str(cfg["seed"])}, stop_after, time_limit,
-                        data_id=stems_data_id(stems_dir))
+                        data_id=stems_data_id(stems_dir), code=STEPS["codec"].code_id())
 
 
 def stems_data_id(stems_dir: str | Path) -> str:

@@ -9,6 +9,7 @@ import torch
 
 from musicdecomp.eval.accuracy import grid_level
 from musicdecomp.models.baselines import VAE, SupervisedCNN, multilabel_loss, multilabel_targets
+from musicdecomp.pipeline import STEPS
 from musicdecomp.train.loop import autocast, prepare, run_training
 
 
@@ -55,7 +56,7 @@ def train_baseline(cfg: dict, data_dir: str | Path, run_dir: str | Path, device:
     dev, train, valid = prepare(cfg, data_dir, device, threads)
     n_p, n_i = len(train.pitches), len(train.programs)
     model = build_baseline(cfg, n_p, n_i, tuple(train.chord_db.shape[-2:])).to(dev)
-    w = cfg.get("kld_weight", 0.0)
+    w = cfg["kld_weight"] if cfg["kind"] == "vae" else 0.0
 
     def sample(gen):
         return torch.randint(len(train), (tc["batch_size"],), generator=gen, device=dev)
@@ -82,4 +83,4 @@ def train_baseline(cfg: dict, data_dir: str | Path, run_dir: str | Path, device:
 
     return run_training(cfg, tc, run_dir, model, dev, sample, loss, validate, tracking,
                         {"model": cfg["baseline"], "dataset": cfg["dataset"], "seed": str(cfg["seed"])},
-                        stop_after, time_limit, speed, data_id=train.source_id)
+                        stop_after, time_limit, speed, data_id=train.source_id, code=STEPS["train_baseline"].code_id())

@@ -83,6 +83,8 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
     tags = {TAG: name, SOURCE_TAG: source,
             "musicdecomp.device": progress.get("device", "unknown"),
             "musicdecomp.speed": ",".join(k for k, on in progress.get("speed", {}).items() if on) or "default"}
+    if progress.get("code_changes"):  # as the training's own MLflow run tags it (musicdecomp.train.loop)
+        tags["code_changed_at_steps"] = ",".join(str(c["step"]) for c in progress["code_changes"])
     run = client.create_run(exp_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     try:

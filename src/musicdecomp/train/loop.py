@@ -8,7 +8,11 @@ resuming: rerunning continues from ``<run>/ckpt/last.pt`` (every ``checkpoint_ev
 ``checkpoint_minutes``), restoring weights, optimiser and random streams, so an interrupted run ends
 bit-identical to an uninterrupted one on the same device.
 
-Only an interrupted run with the same configuration and data (``data_id``) is resumed. A checkpoint of a *finished*
+Only an interrupted run with the same configuration and data (``data_id``) is resumed. If the code it depends on
+(``code``: a hash per file) changed meanwhile, it is still resumed, since a requeued job must not lose hours of
+training to a fixed typo, but not silently: a warning names the files, and the step is recorded in the
+checkpoints, ``progress.json``, ``train.json`` (``code_changes``) and the MLflow run's tags, so a result that mixes
+code versions can be told apart (delete ``ckpt/`` to train from scratch instead). A checkpoint of a *finished*
 run, or one made with another configuration or on other data, is not: a workflow manager reruns a finished training
 job only because something it depends on changed (parameters, data, code) or because it was asked to, so the run
 trains again from step 0. The old checkpoint and logs are moved to ``<run>/stale/<time>/`` (nothing is deleted),
@@ -147,17 +151,18 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
                  sample: Callable[[torch.Generator], object], loss: Callable[[object, torch.Generator], tuple],
                  validate: Callable[[], dict], tracking: dict | None = None, tags: dict | None = None,
                  stop_after: int | None = None, time_limit: float | None = None, speed: dict | None = None,
-                 data_id: str | None = None) -> dict:
+                 data_id: str | None = None, code: dict[str, str] | None = None) -> dict:
     """Train ``model`` (already on ``device``) for ``tc["steps"]`` steps; see the module docstring.
 
     ``cfg`` is the run's whole configuration (saved with it; a checkpoint made with another one, or of a finished
     run, is moved aside and training starts over, see the module docstring);
     ``tc`` its training settings (lr, warmup_steps, cosine_steps, grad_clip, amp, log_every, eval_every,
     checkpoint_every, checkpoint_minutes, steps). ``data_id`` names the data the run trains on (the dataset's
-    ``source_id``); a checkpoint made on other data is not continued either. ``stop_after`` ends the call after
-    that many steps in all, as if killed right after a checkpoint (for tests); ``time_limit`` ends it at the first
-    step after that many seconds of this call, with a checkpoint. Either way the call returns
-    ``{"stopped_at": step}``. ``speed``: see the module docstring.
+    ``source_id``); a checkpoint made on other data is not continued either. ``code`` (file -> hash, see
+    ``pipeline.Step.code_id``) is saved with each checkpoint; resuming with other code goes on, on record (see the
+    module docstring). ``stop_after`` ends the call after that many steps in all, as if killed right after a
+    checkpoint (for tests); ``time_limit`` ends it at the first step after that many seconds of this call, with a
+    checkpoint. Either way the call returns ``{"stopped_at": step}``. ``speed``: see the module docstring.
     """
     run_dir = Path(run_dir)
     speed = check_speed(speed)
@@ -170,6 +175,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
     noise_gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 1)
     ckpt_path, best_path = run_dir / "ckpt" / "last.pt", run_dir / "ckpt" / "best.pt"
     step, best, best_step, run_id, elapsed = 0, float("-inf"), -1, None, 0.0
+    code_changes: list[dict] = []  # [{step, files}]: where a resume found other code
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.exists() else None
     if state is not None and (reason := _not_resumable(state, cfg, tc["steps"], data_id)):
         moved = set_aside(run_dir)
@@ -185,6 +191,15 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
         step, best, best_step = state["step"], state["best_score"], state["best_step"]
         run_id, elapsed = state.get("mlflow_run_id"), state.get("elapsed", 0.0)
         log.info("resumed %s from step %d (best score %.4f at step %d)", cfg["run_name"], step, best, best_step)
+        code_changes = list(state.get("code_changes", []))
+        if code is not None and state.get("code") is not None and state["code"] != code:
+            files = sorted(f for f in {*code, *state["code"]} if code.get(f) != state["code"].get(f))
+            code_changes.append({"step": step, "files": files})
+            log.warning("%s continues at step %d with changed code (%s): steps before and after it ran different "
+                        "code, which train.json records as code_changes; delete %s to train from scratch instead",
+                        cfg["run_name"], step, ", ".join(files), ckpt_path.parent)
+        if code_changes:
+            tags = {**(tags or {}), "code_changed_at_steps": ",".join(str(c["step"]) for c in code_changes)}
         if best_step >= 0 and not best_path.exists():  # e.g. only ckpt/last.pt was carried to another machine
             log.warning("%s is missing: model selection starts again at the next validation", best_path)
             best, best_step = float("-inf"), -1
@@ -200,12 +215,13 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
         save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": cfg,
                          "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state(),
                          "torch_rng": torch.get_rng_state(), "best_score": best, "best_step": best_step,
-                         "mlflow_run_id": tracker.run_id, "elapsed": elapsed + wall, "data_id": data_id})
+                         "mlflow_run_id": tracker.run_id, "elapsed": elapsed + wall, "data_id": data_id,
+                         "code": code, "code_changes": code_changes})
         write_json(run_dir / "progress.json", {
             "run_name": cfg["run_name"], "step": step, "steps": tc["steps"], "best_val_score": best,
             "best_step": best_step, "device": device_name, "speed": speed, "wall_seconds": elapsed + wall,
             "steps_this_call": steps_here, "steps_per_second": steps_here / max(wall, 1e-9),
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            "code_changes": code_changes, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     model.train()
     try:
@@ -263,7 +279,8 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
     summary = {"run_name": cfg["run_name"], "steps": step, "best_step": best_step, "best_val_score": best,
                "device": device_name, "speed": speed, "wall_seconds": elapsed + wall,
                "steps_per_second": steps_here / max(wall, 1e-9),
-               "parameters": sum(p.numel() for p in model.parameters()), "mlflow_run_id": tracker.run_id}
+               "parameters": sum(p.numel() for p in model.parameters()), "mlflow_run_id": tracker.run_id,
+               "code_changes": code_changes}
     plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", cfg["run_name"])
     tracker.artifact(run_dir / "curves.png")
     tracker.artifact(run_dir / "best.pt")

@@ -14,6 +14,7 @@ import torch
 from musicdecomp.eval.metrics import note_metrics, oracle_slot_db
 from musicdecomp.logs import progress
 from musicdecomp.models.musicslots import MusicSlots
+from musicdecomp.pipeline import STEPS
 from musicdecomp.train.loop import autocast, pick_device, prepare, run_training
 
 __all__ = ["build_model", "evaluate", "train_musicslots", "pick_device", "autocast"]
@@ -99,4 +100,5 @@ def train_musicslots(cfg: dict, data_dir: str | Path, run_dir: str | Path, devic
 
     return run_training(cfg, tc, run_dir, model, dev, sample, loss, validate, tracking,
                         {"model": "musicslots", "dataset": cfg["dataset"], "variant": cfg["variant"],
-                         "seed": str(cfg["seed"])}, stop_after, time_limit, speed, data_id=train.source_id)
+                         "seed": str(cfg["seed"])}, stop_after, time_limit, speed, data_id=train.source_id,
+                        code=STEPS["train_musicslots"].code_id())

@@ -48,6 +48,7 @@ class Tracker:
                 exp_id = ensure_experiment(tracking["mlflow_uri"], tracking["experiment"])
                 if mlflow_run_id:
                     run = mlflow.start_run(run_id=mlflow_run_id)
+                    mlflow.set_tags(tags)  # e.g. a code change recorded at this resume
                 else:
                     run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
                     mlflow.log_params(flat_params(params))
