@@ -173,6 +173,17 @@ def _without(cfg, *path):
 RUN = ("jsb_multi", "none-t1-imp_true-k7", 0)
 
 
+def test_a_slice_is_a_copy_of_the_params(params):
+    """Changing a step's slice (as a caller or a test may) leaves the parameters it came from as they were."""
+    before = copy.deepcopy(params)
+    for _step, *_run, _ in _every_slice(params):
+        cfg = step_config(params, _step, *_run)
+        for value in cfg.values():
+            if isinstance(value, dict):
+                value.clear()
+    assert params == before
+
+
 @pytest.mark.parametrize("case, words", [
     ("train lacks a key", "parameter musicslots.train.checkpoint_minutes is missing; print it again with "
                           "`python -m musicdecomp config train-musicslots --dataset jsb_multi --variant "

@@ -188,7 +188,7 @@ def test_a_stage_of_another_version_is_refused_before_any_work(tiny_params, tmp_
 
     variant = "none-t2-imp_true-k3"
     run = step_config(tiny_params, "train_musicslots", "jsb_multi", variant, 0)
-    del run["train"]["checkpoint_minutes"]  # as if staged before that key existed
+    del run["train"]["checkpoint_minutes"]  # as if staged before that key existed (the slice is a copy)
     stage = tmp_path / "stage"
     stage.mkdir()
     (stage / "configs.json").write_text(json.dumps({

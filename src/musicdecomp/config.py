@@ -352,7 +352,7 @@ def validate(params: dict, prefix: str = "", fix: str | None = None) -> None:
 
 def step_config(params: dict, step: str, dataset: str | None = None, variant: str | None = None,
                 seed: int | None = None) -> dict:
-    """The parameters ``step`` depends on, resolved from the full params (validated)."""
+    """The parameters ``step`` depends on, resolved from the full params (validated); a copy."""
     from musicdecomp.pipeline import STEPS
 
     if step not in STEPS:
@@ -363,7 +363,7 @@ def step_config(params: dict, step: str, dataset: str | None = None, variant: st
             validate(params, key)
         if spec.per_run and (dataset is None or variant is None or seed is None):
             raise UserError(f"{step.replace('_', '-')} needs --dataset, --variant and --seed")
-        return spec.resolve(params, dataset, variant, None if seed is None else int(seed))
+        return copy.deepcopy(spec.resolve(params, dataset, variant, None if seed is None else int(seed)))
     if spec.per_dataset:
         if dataset is None:
             raise UserError(f"step {step} needs --dataset")
@@ -379,7 +379,7 @@ def step_config(params: dict, step: str, dataset: str | None = None, variant: st
         # what rendering depends on is the union of the programs, not which dataset asked for which
         out = {k: v for k, v in out.items() if not k.startswith("datasets.")}
         out["programs"] = render_programs(params)
-    return out
+    return copy.deepcopy(out)  # the caller may change it; params stay as loaded
 
 
 def _in_slice(cfg: dict, path: str) -> tuple[bool, Any]:
