@@ -170,13 +170,18 @@ def test_a_recorded_benchmark_of_the_same_gpu_replaces_measuring(tmp_path):
     assert gpu.recorded_benchmark(tmp_path, "NVIDIA A100-SXM4-40GB", {("softmax", 2)})["best_speed"]
 
 
+def _run_stage(stage, tmp_path) -> subprocess.CompletedProcess:
+    """``run`` on a stage, with a work folder that must stay absent when the stage is refused."""
+    return subprocess.run([sys.executable, str(SCRIPT), "run", "--stage", str(stage), "--out", str(tmp_path / "out"),
+                           "--work", str(tmp_path / "work"), "--budget", "60", "--device", "cpu"],
+                          cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
+
+
 def test_a_stage_without_the_step_configs_is_refused_before_any_work(tmp_path):
     stage = tmp_path / "stage"
     stage.mkdir()
     (stage / "configs.json").write_text(json.dumps({"features": {}, "none-t2-imp_true-k3": {}}))  # an older stage
-    proc = subprocess.run([sys.executable, str(SCRIPT), "run", "--stage", str(stage), "--out", str(tmp_path / "out"),
-                           "--work", str(tmp_path / "work"), "--budget", "60", "--device", "cpu"],
-                          cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
+    proc = _run_stage(stage, tmp_path)
     assert proc.returncode != 0
     assert "configs.json has no config for eval-musicslots" in proc.stderr and "again with `prepare`" in proc.stderr
     assert not (tmp_path / "work").exists()  # no dataset rebuilt, nothing trained
@@ -194,9 +199,7 @@ def test_a_stage_of_another_version_is_refused_before_any_work(tiny_params, tmp_
     (stage / "configs.json").write_text(json.dumps({
         "features": step_config(tiny_params, "features", "jsb_multi"),
         "eval-musicslots": step_config(tiny_params, "eval_musicslots"), variant: run}))
-    proc = subprocess.run([sys.executable, str(SCRIPT), "run", "--stage", str(stage), "--out", str(tmp_path / "out"),
-                           "--work", str(tmp_path / "work"), "--budget", "60", "--device", "cpu"],
-                          cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
+    proc = _run_stage(stage, tmp_path)
     assert proc.returncode != 0
     assert "parameter musicslots.train.checkpoint_minutes is missing" in proc.stderr, proc.stderr[-2000:]
     assert "stage it again with `prepare`" in proc.stderr

@@ -386,12 +386,10 @@ def _in_slice(cfg: dict, path: str) -> tuple[bool, Any]:
     """A slice's entry: a top-level key as it is ("data.mel"), else a path through nested mappings."""
     if path in cfg:
         return True, cfg[path]
-    node: Any = cfg
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
+    try:
+        return True, get(cfg, path)
+    except UserError:
+        return False, None
 
 
 def check_slice(cfg: dict, step: str, dataset: str | None = None, variant: str | None = None,
@@ -416,8 +414,7 @@ def check_slice(cfg: dict, step: str, dataset: str | None = None, variant: str |
     if spec.resolve is None:  # a slice cut from params.yaml: its keys are the step's own
         if spec.per_dataset and dataset is None:
             bad("the step needs --dataset too")
-        fields = [k.format(dataset=dataset) for k in spec.params if not k.startswith("datasets.")
-                  or not spec.uses_all_programs] + (["programs"] if spec.uses_all_programs else [])
+        fields = [k.format(dataset=dataset) for k in spec.params] + (["programs"] if spec.uses_all_programs else [])
         sections = [(k, k) for k in fields if k != "programs"]
         extra = sorted(set(cfg) - set(fields))
         other = [k for k in extra if k.startswith("datasets.") and k.count(".") == 1]

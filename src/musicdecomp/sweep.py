@@ -14,6 +14,8 @@ import re
 
 from musicdecomp.errors import UserError
 
+# the model fields a variant name fixes (variant_name, variant_model); the rest of the model config is not in it
+VARIANT_FIELDS = ("mask", "time_stride", "implicit", "num_slots")
 VARIANT_RE = re.compile(r"^(softmax|sigmoid|none)-t(\d+)-imp_(true|false)-k(\d+)$")
 
 

@@ -93,6 +93,10 @@ def log(msg: str, t0: float) -> None:
 def check_configs(path: Path, configs: dict, variants: list[str]) -> None:
     """Each staged slice as the steps will check it, before any device time is spent (a stage made by another
     version of musicdecomp would otherwise stop after the dataset is rebuilt)."""
+    lacking = [name for name in STEP_CONFIGS if name not in configs]
+    if lacking:
+        sys.exit(f"{path} has no config for {', '.join(lacking)} (staged by an older version of this script); "
+                 f"stage it again with `prepare`")
     sys.path.insert(0, str(ROOT / "src"))
     from musicdecomp.config import check_slice
     from musicdecomp.errors import UserError
@@ -112,10 +116,6 @@ def run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     configs = json.loads((stage / "configs.json").read_text())
     variants = [v for v in configs if v not in STEP_CONFIGS]
-    lacking = [name for name in STEP_CONFIGS if name not in configs]
-    if lacking:  # checked before any device time is spent
-        sys.exit(f"{stage / 'configs.json'} has no config for {', '.join(lacking)} (staged by an older version of "
-                 f"this script); stage it again with `prepare`")
     check_configs(stage / "configs.json", configs, variants)
     eval_cfg = configs["eval-musicslots"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MUSICDECOMP_PROGRESS": "0"}

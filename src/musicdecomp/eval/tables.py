@@ -10,6 +10,7 @@ import numpy as np
 
 from musicdecomp.errors import UserError
 from musicdecomp.io import read_json, write_text
+from musicdecomp.sweep import VARIANT_FIELDS
 
 # The only published numbers at hand (an unverified summary of the paper: "note MSE 13.47 and mIoU 0.91 on
 # Bach Chorales" for the best variant); shown beside ours, labelled as such.
@@ -143,15 +144,12 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
     return rows
 
 
-# model config fields the variant name carries (sweep.variant_name); the rest are "other settings"
-_VARIANT_FIELDS = ("mask", "time_stride", "implicit", "num_slots")
-
-
 _PRECISION = {"none": "float32", "bf16": "bf16"}  # test.json's test_amp (musicslots.eval.amp)
 
 
 def _other_settings(model: dict) -> dict:
-    return {k: v for k, v in model.items() if k not in _VARIANT_FIELDS}
+    """The model fields the variant name does not carry (sweep.VARIANT_FIELDS)."""
+    return {k: v for k, v in model.items() if k not in VARIANT_FIELDS}
 
 
 def _label_settings(rows: list[dict]) -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 from musicdecomp.errors import UserError
 from musicdecomp.io import read_json
 from musicdecomp.logs import get_logger
-from musicdecomp.train.tracking import ensure_experiment, flat_params, log_artifact_path, metric_key
+from musicdecomp.train.tracking import (code_change_tags, ensure_experiment, flat_params, log_artifact_path,
+                                        metric_key)
 
 log = get_logger("ingest")
 
@@ -83,8 +84,7 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
     tags = {TAG: name, SOURCE_TAG: source,
             "musicdecomp.device": progress.get("device", "unknown"),
             "musicdecomp.speed": ",".join(k for k, on in progress.get("speed", {}).items() if on) or "default"}
-    if progress.get("code_changes"):  # as the training's own MLflow run tags it (musicdecomp.train.loop)
-        tags["code_changed_at_steps"] = ",".join(str(c["step"]) for c in progress["code_changes"])
+    tags.update(code_change_tags(progress.get("code_changes", [])))  # as the training's own MLflow run has it
     run = client.create_run(exp_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     try:

@@ -47,7 +47,7 @@ from musicdecomp.errors import UserError
 from musicdecomp.io import atomic_path, copy_file, load_torch, write_json
 from musicdecomp.logs import get_logger
 from musicdecomp.train.schedule import learning_rate
-from musicdecomp.train.tracking import Tracker
+from musicdecomp.train.tracking import Tracker, code_change_tags
 
 log = get_logger("train")
 
@@ -193,13 +193,12 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
         log.info("resumed %s from step %d (best score %.4f at step %d)", cfg["run_name"], step, best, best_step)
         code_changes = list(state.get("code_changes", []))
         if code is not None and state.get("code") is not None and state["code"] != code:
-            files = sorted(f for f in {*code, *state["code"]} if code.get(f) != state["code"].get(f))
+            files = _differing_keys(state["code"], code)
             code_changes.append({"step": step, "files": files})
             log.warning("%s continues at step %d with changed code (%s): steps before and after it ran different "
                         "code, which train.json records as code_changes; delete %s to train from scratch instead",
                         cfg["run_name"], step, ", ".join(files), ckpt_path.parent)
-        if code_changes:
-            tags = {**(tags or {}), "code_changed_at_steps": ",".join(str(c["step"]) for c in code_changes)}
+        tags = {**(tags or {}), **code_change_tags(code_changes)}
         if best_step >= 0 and not best_path.exists():  # e.g. only ckpt/last.pt was carried to another machine
             log.warning("%s is missing: model selection starts again at the next validation", best_path)
             best, best_step = float("-inf"), -1

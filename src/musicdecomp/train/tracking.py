@@ -26,6 +26,13 @@ def metric_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
+def code_change_tags(code_changes: list[dict]) -> dict[str, str]:
+    """The MLflow tag of a run resumed with other code (musicdecomp.train.loop's ``code_changes``); none if none."""
+    if not code_changes:
+        return {}
+    return {"code_changed_at_steps": ",".join(str(c["step"]) for c in code_changes)}
+
+
 class Tracker:
     def __init__(self, run_dir: Path, tracking: dict | None, run_name: str, params: dict, tags: dict,
                  resume_step: int = 0, mlflow_run_id: str | None = None):
