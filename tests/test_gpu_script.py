@@ -75,6 +75,19 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
         assert last["step"] == stopped_at[variant] and (back / variant / "ckpt/best.pt").exists()
         assert (back / variant / "test.png").read_bytes()[:4] == b"\x89PNG"
 
+    # staged with other parameters than it was trained with, it would start over there: refused here, and the
+    # stage is left as it was
+    other = tmp_path / "standard.yaml"
+    other.write_text((REPO / "config/attention_standard.yaml").read_text())
+    before = (stage / "configs.json").read_text()
+    proc = subprocess.run([sys.executable, str(SCRIPT), "prepare", "--stage", str(stage), "--params",
+                           *map(str, params), str(other), "--variants", *VARIANTS, "--runs", str(back)],
+                          cwd=tiny_run, env=tool_env(), capture_output=True, text=True)
+    assert proc.returncode == 1 and (stage / "configs.json").read_text() == before
+    assert (f"{back / VARIANTS[0]} was trained with other parameters than" in proc.stderr
+            and "model.attention ('official' in the run, 'standard' staged)" in proc.stderr
+            and "leave out --runs to train from step 0" in proc.stderr)
+
     # a fresh machine: only ckpt/last.pt (+ metrics, progress) travels in the stage
     script("prepare", "--stage", stage, "--params", *params, "--variants", *VARIANTS, "--runs", back, cwd=tiny_run)
     assert {p.relative_to(stage / "runs" / VARIANTS[0]).as_posix() for p in (stage / "runs" / VARIANTS[0]).rglob("*")

@@ -66,8 +66,6 @@ def prepare(args) -> None:
     missing = [src for src in INPUTS.values() if not Path(src).exists()]
     if missing:
         sys.exit(f"missing {', '.join(missing)}: build them first (snakemake --cores 2 {' '.join(missing)})")
-    for name, src in INPUTS.items():
-        shutil.copyfile(src, stage / name)
     params = ["--params", *args.params]
     configs = {name: json.loads(subprocess.check_output(musicdecomp("config", name, *extra, *params)))
                for name, extra in (("features", ("--dataset", DATASET)), ("eval-musicslots", ()))}
@@ -75,6 +73,10 @@ def prepare(args) -> None:
         configs[variant] = json.loads(subprocess.check_output(musicdecomp(
             "config", "train-musicslots", "--dataset", DATASET, "--variant", variant, "--seed", str(args.seed),
             *params)))
+    for variant in args.variants if args.runs else ():
+        check_continued(Path(args.runs) / variant, configs[variant], args.params)
+    for name, src in INPUTS.items():
+        shutil.copyfile(src, stage / name)
     (stage / "configs.json").write_text(json.dumps(configs, indent=1))
     shutil.rmtree(stage / "runs", ignore_errors=True)
     for variant in args.variants if args.runs else ():
@@ -84,6 +86,26 @@ def prepare(args) -> None:
             print(f"staged {variant} at step {json.loads((src / 'progress.json').read_text())['step']} from {src}")
     size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file()) / 1e6  # a call carries at most 64 MiB
     print(f"staged {', '.join(INPUTS)} and the configs of {', '.join(args.variants)} in {stage} ({size:.1f} MB)")
+
+
+def check_continued(run: Path, cfg: dict, params: list[str]) -> None:
+    """A run staged to continue must have been trained with the parameters it is staged with: otherwise training
+    on the GPU machine would set it aside and start over, spending the session on steps already made."""
+    if not (run / "ckpt/last.pt").exists() or not (run / "config.json").exists():
+        return
+    trained = json.loads((run / "config.json").read_text())
+    if trained == cfg:
+        return
+    sys.path.insert(0, str(ROOT / "src"))
+    from musicdecomp.config import flatten
+    from musicdecomp.train.loop import _differing_keys
+
+    keys, was, now = _differing_keys(trained, cfg), flatten(trained), flatten(cfg)
+    shown = ", ".join(f"{k} ({was.get(k)!r} in the run, {now.get(k)!r} staged)" for k in keys[:4])
+    sys.exit(f"{run} was trained with other parameters than {' + '.join(params)} give: {shown}"
+             f"{', ...' if len(keys) > 4 else ''}. Continuing it there would start it over; stage it with the "
+             f"parameter files it was trained with (e.g. config/attention_standard.yaml for the runs trained before "
+             f"attention: official became the default), or leave out --runs to train from step 0")
 
 
 def log(msg: str, t0: float) -> None:

@@ -26,7 +26,7 @@ MASKS = ("softmax", "sigmoid", "none")
 class MusicSlots(nn.Module):
     def __init__(self, num_slots: int = 7, dim: int = 128, iters: int = 3, enc_channels: int = 128,
                  enc_layers: int = 4, kernel: int = 5, time_stride: int = 1, mask: str = "none",
-                 implicit: bool = True, attention: str = "standard", size: tuple[int, int] = (128, 32),
+                 implicit: bool = True, attention: str = "official", size: tuple[int, int] = (128, 32),
                  amin: float = 1e-10, top_db: float | None = 80.0):
         super().__init__()
         if mask not in MASKS:

@@ -1,8 +1,9 @@
 """Slot Attention (Locatello et al. 2020) with the MusicSlots options.
 
-``attention="standard"`` (default): softmax over slots of q.k/sqrt(D), then a weighted *mean* over inputs,
-as in the paper. ``attention="official"``: the MusicSlots code's variant: softmax over *inputs* of q.k
-(no 1/sqrt(D) inside), renormalised over slots, then a weighted *sum* of values.
+``attention="official"`` (default): the MusicSlots code's variant, which produced the paper's numbers: softmax
+over *inputs* of q.k (no 1/sqrt(D) inside), renormalised over slots, then a weighted *sum* of values.
+``attention="standard"``: the Slot Attention paper's: softmax over slots of q.k/sqrt(D), then a weighted *mean*
+over inputs.
 
 ``implicit=True`` detaches the slots at the start of every iteration (the official first-order implicit
 differentiation): gradients flow through the last iteration only, and the learnt initial mu/log-sigma
@@ -17,7 +18,7 @@ from torch import nn
 
 class SlotAttention(nn.Module):
     def __init__(self, num_slots: int = 7, dim: int = 128, iters: int = 3, hidden: int = 128,
-                 implicit: bool = True, attention: str = "standard", eps: float = 1e-8):
+                 implicit: bool = True, attention: str = "official", eps: float = 1e-8):
         super().__init__()
         if attention not in ("standard", "official"):
             raise ValueError(f"attention must be 'standard' or 'official', got {attention!r}")
