@@ -21,9 +21,13 @@ _spec.loader.exec_module(gpu)
 VARIANTS = ["none-t2-imp_true-k3", "softmax-t2-imp_true-k3"]
 
 
-def script(*args, cwd):
-    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, env=tool_env(),
+def call(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, env=tool_env(),
                           capture_output=True, text=True)
+
+
+def script(*args, cwd):
+    proc = call(*args, cwd=cwd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -77,12 +81,9 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
 
     # staged with other parameters than it was trained with, it would start over there: refused here, and the
     # stage is left as it was
-    other = tmp_path / "standard.yaml"
-    other.write_text((REPO / "config/attention_standard.yaml").read_text())
     before = (stage / "configs.json").read_text()
-    proc = subprocess.run([sys.executable, str(SCRIPT), "prepare", "--stage", str(stage), "--params",
-                           *map(str, params), str(other), "--variants", *VARIANTS, "--runs", str(back)],
-                          cwd=tiny_run, env=tool_env(), capture_output=True, text=True)
+    proc = call("prepare", "--stage", stage, "--params", *params, REPO / "config/attention_standard.yaml",
+                "--variants", *VARIANTS, "--runs", back, cwd=tiny_run)
     assert proc.returncode == 1 and (stage / "configs.json").read_text() == before
     assert (f"{back / VARIANTS[0]} was trained with other parameters than" in proc.stderr
             and "model.attention ('official' in the run, 'standard' staged)" in proc.stderr
@@ -185,9 +186,8 @@ def test_a_recorded_benchmark_of_the_same_gpu_replaces_measuring(tmp_path):
 
 def _run_stage(stage, tmp_path) -> subprocess.CompletedProcess:
     """``run`` on a stage, with a work folder that must stay absent when the stage is refused."""
-    return subprocess.run([sys.executable, str(SCRIPT), "run", "--stage", str(stage), "--out", str(tmp_path / "out"),
-                           "--work", str(tmp_path / "work"), "--budget", "60", "--device", "cpu"],
-                          cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
+    return call("run", "--stage", stage, "--out", tmp_path / "out", "--work", tmp_path / "work", "--budget", 60,
+                "--device", "cpu", cwd=tmp_path)
 
 
 def test_a_stage_without_the_step_configs_is_refused_before_any_work(tmp_path):

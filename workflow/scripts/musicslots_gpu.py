@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))  # musicdecomp, imported only where a check needs it (it brings torch)
 SPEED_OPTIONS = ("channels_last", "cudnn_benchmark")  # musicdecomp.train.loop.SPEED_OPTIONS (not imported here)
 DATASET = "jsb_multi"
 INPUTS = {"chords.csv": "results/data/jsb/chords.csv", "summary.json": "results/data/jsb/summary.json",
@@ -96,11 +97,10 @@ def check_continued(run: Path, cfg: dict, params: list[str]) -> None:
     trained = json.loads((run / "config.json").read_text())
     if trained == cfg:
         return
-    sys.path.insert(0, str(ROOT / "src"))
     from musicdecomp.config import flatten
-    from musicdecomp.train.loop import _differing_keys
+    from musicdecomp.train.loop import differing_keys
 
-    keys, was, now = _differing_keys(trained, cfg), flatten(trained), flatten(cfg)
+    keys, was, now = differing_keys(trained, cfg), flatten(trained), flatten(cfg)
     shown = ", ".join(f"{k} ({was.get(k)!r} in the run, {now.get(k)!r} staged)" for k in keys[:4])
     sys.exit(f"{run} was trained with other parameters than {' + '.join(params)} give: {shown}"
              f"{', ...' if len(keys) > 4 else ''}. Continuing it there would start it over; stage it with the "
@@ -119,7 +119,6 @@ def check_configs(path: Path, configs: dict, variants: list[str]) -> None:
     if lacking:
         sys.exit(f"{path} has no config for {', '.join(lacking)} (staged by an older version of this script); "
                  f"stage it again with `prepare`")
-    sys.path.insert(0, str(ROOT / "src"))
     from musicdecomp.config import check_slice
     from musicdecomp.errors import UserError
 

@@ -112,7 +112,7 @@ RUN_STATE = ("ckpt", "best.pt", "train.json", "config.json", "metrics.jsonl", "p
 def _not_resumable(state: dict, cfg: dict, steps: int, data_id: str | None) -> str:
     """Why a checkpoint must not be continued ('' if it may)."""
     if state["config"] != cfg:
-        keys = sorted(_differing_keys(state["config"], cfg))
+        keys = sorted(differing_keys(state["config"], cfg))
         return f"it was made with another configuration ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"
     if data_id is not None and state.get("data_id") is not None and state["data_id"] != data_id:
         return (f"it was trained on other data (data {state['data_id']}, now {data_id}: the dataset was rebuilt from "
@@ -122,10 +122,10 @@ def _not_resumable(state: dict, cfg: dict, steps: int, data_id: str | None) -> s
     return ""
 
 
-def _differing_keys(a, b, prefix: str = "") -> list[str]:
+def differing_keys(a, b, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [k for key in sorted(set(a) | set(b))
-                for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+                for k in differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
     return [] if a == b else [prefix.rstrip(".")]
 
 
@@ -193,7 +193,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
         log.info("resumed %s from step %d (best score %.4f at step %d)", cfg["run_name"], step, best, best_step)
         code_changes = list(state.get("code_changes", []))
         if code is not None and state.get("code") is not None and state["code"] != code:
-            files = _differing_keys(state["code"], code)
+            files = differing_keys(state["code"], code)
             code_changes.append({"step": step, "files": files})
             log.warning("%s continues at step %d with changed code (%s): steps before and after it ran different "
                         "code, which train.json records as code_changes; delete %s to train from scratch instead",
