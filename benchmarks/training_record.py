@@ -29,6 +29,8 @@ def run_record(run_dir: Path) -> dict:
             "steps_per_second_last_call": round(progress["steps_per_second"], 2),
             "training_wall_seconds": round(progress["wall_seconds"], 1), "device": progress["device"],
             "speed_options_last_call": sorted(k for k, on in progress.get("speed", {}).items() if on),
+            **({"seconds_last_call": {k: round(v, 1) for k, v in progress["seconds_this_call"].items()}}
+               if "seconds_this_call" in progress else {}),  # all, validation, checkpoints
             "best_step": test["best_step"], "test": {k: round(test["test"][k], 4) for k in ("note_mse", "miou")},
             "validation": val}
 

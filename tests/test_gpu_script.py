@@ -8,8 +8,10 @@ import subprocess
 import sys
 import tarfile
 
+import pytest
 import torch
 
+from musicdecomp.config import load_params, step_config
 from musicdecomp.train.loop import SPEED_OPTIONS
 
 from conftest import REPO, tool_env
@@ -232,3 +234,20 @@ def test_a_run_finished_in_the_work_folder_is_not_trained_again(tiny_run, tiny_o
     second = json.loads((tmp_path / "out2/summary.json").read_text())["runs"][VARIANTS[0]]
     assert second["train"] == first["train"] and second["test"]["test"] == first["test"]["test"]
     assert not (work / "runs" / VARIANTS[0] / "stale").exists()  # nothing was set aside and retrained
+
+
+KEPT = sorted((REPO / "checkpoints/musicslots").glob("*/config.json"))
+
+
+@pytest.mark.parametrize("config", KEPT or [None], ids=[p.parent.name for p in KEPT] or ["none kept"])
+def test_runs_kept_in_git_continue_with_params_yaml(config):
+    """A run kept in checkpoints/ between GPU sessions must still be continued by what params.yaml gives: a parameter
+    change that would make the GPU machine start it over fails here, not after a session's device time is spent."""
+    if config is None:
+        pytest.skip("no run is kept in checkpoints/musicslots")
+    trained = json.loads(config.read_text())
+    assert config.parent.name == trained["variant"]
+    resolved = step_config(load_params([REPO / "params.yaml"]), "train_musicslots", trained["dataset"],
+                           trained["variant"], trained["seed"])
+    if (config.parent / "ckpt/last.pt").exists():  # a finished run keeps best.pt only and is not continued
+        gpu.check_continued(config.parent, resolved, ["params.yaml"])  # exits naming the differing keys

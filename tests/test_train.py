@@ -149,6 +149,8 @@ def test_time_limit_stops_at_a_checkpoint_and_the_run_continues(tiny_run, tiny_p
     progress = json.loads((run_dir / "progress.json").read_text())
     assert (progress["step"], progress["steps"], progress["best_step"], progress["device"]) == (1, 6, 1, "cpu")
     assert progress["steps_per_second"] > 0
+    spent = progress["seconds_this_call"]  # written by the first checkpoint, after one validation
+    assert spent["validation"] > 0 and spent["checkpoints"] == 0 and spent["all"] >= spent["validation"]
 
     evaluate = [sys.executable, "-m", "musicdecomp", "eval-musicslots", "--run-dir", str(run_dir), "--data-dir",
                 str(data), "--out", str(tmp_path / "test.json"), "--device", "cpu"]
@@ -165,7 +167,11 @@ def test_time_limit_stops_at_a_checkpoint_and_the_run_continues(tiny_run, tiny_p
 
     done = subprocess.run(cmd, env=tool_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads((run_dir / "train.json").read_text())["steps"] == 6
+    summary = json.loads((run_dir / "train.json").read_text())
+    assert summary["steps"] == 6
+    spent = summary["seconds_this_call"]  # validations at steps 2 to 6, checkpoints at least at the last one
+    assert spent["validation"] > 0 and spent["checkpoints"] > 0
+    assert spent["all"] >= spent["validation"] + spent["checkpoints"]
     assert json.loads((run_dir / "progress.json").read_text())["step"] == 6
     a = torch.load(tmp_path / "full/ckpt/last.pt", weights_only=True)["model"]
     b = torch.load(run_dir / "ckpt/last.pt", weights_only=True)["model"]

@@ -20,8 +20,9 @@ with a warning saying why. (Snakemake's ``--touch`` or DVC's ``dvc commit`` acce
 retraining.)
 
 Run folder: ``best.pt`` ({model, config, step, val}), ``train.json`` (summary), ``config.json``,
-``metrics.jsonl``, ``curves.png``, ``progress.json`` (step, best, throughput; rewritten at every checkpoint, so a
-running or stopped run can be watched); ``ckpt/last.pt`` and ``ckpt/best.pt`` (published as best.pt at the end:
+``metrics.jsonl``, ``curves.png``, ``progress.json`` (step, best, throughput, and where the call's time went:
+``seconds_this_call`` {all, validation (with saving the best model), checkpoints}; rewritten at every checkpoint, so
+a running or stopped run can be watched); ``ckpt/last.pt`` and ``ckpt/best.pt`` (published as best.pt at the end:
 workflow managers delete declared outputs before rerunning a job, ckpt/ survives).
 
 Speed options (``speed``; they change how the work runs on the device, not the result beyond rounding, so a run
@@ -206,11 +207,18 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
     write_json(run_dir / "config.json", cfg)
     t_start = t_ckpt = time.perf_counter()
     steps_here = 0
+    spent = {"validation": 0.0, "checkpoints": 0.0}  # seconds of this call not spent on training steps
+
+    def sync() -> None:  # so that the time of a phase does not include the training steps queued before it
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
     def checkpoint() -> None:
-        wall = time.perf_counter() - t_start
+        sync()
+        t0 = time.perf_counter()
+        wall = t0 - t_start
         save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": cfg,
                          "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state(),
                          "torch_rng": torch.get_rng_state(), "best_score": best, "best_step": best_step,
@@ -220,7 +228,9 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
             "run_name": cfg["run_name"], "step": step, "steps": tc["steps"], "best_val_score": best,
             "best_step": best_step, "device": device_name, "speed": speed, "wall_seconds": elapsed + wall,
             "steps_this_call": steps_here, "steps_per_second": steps_here / max(wall, 1e-9),
-            "code_changes": code_changes, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            "seconds_this_call": {"all": wall, **spent}, "code_changes": code_changes,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        spent["checkpoints"] += time.perf_counter() - t0
 
     model.train()
     try:
@@ -244,6 +254,8 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
                 tracker.log({"train/loss": value.item(), "train/grad_norm": float(grad_norm), "train/lr": lr,
                              **{f"train/{k}": float(v) for k, v in extra.items()}}, step)
             if step % tc["eval_every"] == 0 or step == tc["steps"]:
+                sync()
+                t_val = time.perf_counter()
                 model.eval()
                 with torch.no_grad():
                     val = validate()
@@ -253,6 +265,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
                     best, best_step = val["score"], step
                     save(best_path, {"model": model.state_dict(), "config": cfg, "step": step,
                                      "val": {k: float(v) for k, v in val.items()}})
+                spent["validation"] += time.perf_counter() - t_val
                 log.info("%s step %d loss %.4f val %s (best score %.4f @ %d)", cfg["run_name"], step, value.item(),
                          " ".join(f"{k} {v:.4f}" for k, v in val.items()), best, best_step)
             out_of_time = time_limit is not None and time.perf_counter() - t_start > time_limit
@@ -277,7 +290,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
     wall = time.perf_counter() - t_start
     summary = {"run_name": cfg["run_name"], "steps": step, "best_step": best_step, "best_val_score": best,
                "device": device_name, "speed": speed, "wall_seconds": elapsed + wall,
-               "steps_per_second": steps_here / max(wall, 1e-9),
+               "steps_per_second": steps_here / max(wall, 1e-9), "seconds_this_call": {"all": wall, **spent},
                "parameters": sum(p.numel() for p in model.parameters()), "mlflow_run_id": tracker.run_id,
                "code_changes": code_changes}
     plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", cfg["run_name"])
