@@ -40,7 +40,8 @@ def tool_env() -> dict[str, str]:
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
 
 
@@ -77,8 +78,9 @@ def params() -> dict:
 def tiny_override(tmp_path_factory, jsb_json) -> Path:
     """config/tiny.yaml plus absolute paths to the JSB JSON files (the tests run in other folders)."""
     path = tmp_path_factory.mktemp("cfg") / "local.yaml"
+    jsb16 = SHARED_JSB / "Jsb16thSeparated.json"
     path.write_text(yaml.safe_dump({"data": {"jsb": {"source": {"json_path": str(jsb_json)}},
-                                             "jsb16": {"source": {"json_path": str(SHARED_JSB / "Jsb16thSeparated.json")}}}}))
+                                             "jsb16": {"source": {"json_path": str(jsb16)}}}}))
     return path
 
 

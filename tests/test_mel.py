@@ -17,8 +17,12 @@ def reference_mel_db(x: np.ndarray, sr=16000, n_fft=1024, hop=512, n_mels=128, f
     window = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)  # periodic Hann
     frames = np.stack([pad[t * hop: t * hop + n_fft] * window for t in range(n_frames)], axis=1)
     power = np.abs(np.fft.rfft(frames, axis=0)) ** 2  # (n_fft/2+1, T)
-    hz_to_mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)
-    mel_to_hz = lambda m: 700.0 * (10 ** (m / 2595.0) - 1.0)
+    def hz_to_mel(f):
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    def mel_to_hz(m):
+        return 700.0 * (10 ** (m / 2595.0) - 1.0)
+
     edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
     freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
     fb = np.zeros((n_mels, freqs.size))

@@ -35,7 +35,10 @@ def test_paper_model_size():
     """3.50 M parameters (encoder convolutions 1.23 M, slot attention 0.18 M, decoder 2.05 M), as the
     official model."""
     model = MusicSlots(mask="softmax")
-    count = lambda m: sum(p.numel() for p in m.parameters())
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
     assert count(model) == pytest.approx(3.50e6, rel=0.01)
     assert count(model.encoder.convs) == pytest.approx(1.23e6, rel=0.01)
     assert count(model.slot_attention) == pytest.approx(0.18e6, rel=0.03)

@@ -21,8 +21,8 @@ def write_track(root, split, name, stems, sr=44100, seconds=2.0):
     for i, (stem, (cls, amp)) in enumerate(stems.items()):
         meta["stems"][stem] = {"inst_class": cls, "program_num": i, "is_drum": cls == "Drums"}
         if amp is not None:
-            sf.write(folder / "stems" / f"{stem}.flac", (amp * np.sin(2 * np.pi * 220 * (i + 1) * t)).astype(np.float32),
-                     sr, subtype="PCM_24")
+            tone = (amp * np.sin(2 * np.pi * 220 * (i + 1) * t)).astype(np.float32)
+            sf.write(folder / "stems" / f"{stem}.flac", tone, sr, subtype="PCM_24")
     (folder / "metadata.yaml").write_text(yaml.safe_dump(meta))
 
 

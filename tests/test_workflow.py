@@ -53,7 +53,8 @@ def test_tiny_sweep_trains_every_variant_and_makes_table1(tiny_all, tiny_params)
     t2 = (tiny_all / "results/tables/table2_probes.md").read_text()
     for label in ("| jsb_multi | MusicSlots (none-t1-imp_true-k7), linear probe on slots | 2 |",
                   "| jsb_single | MusicSlots (none-t1-imp_true-k7), linear probe on slots | 2 |",
-                  "| jsb_multi | autoencoder, linear probe | 2 |", "| jsb_multi | VAE (KL weight 0.125), linear probe | 2 |",
+                  "| jsb_multi | autoencoder, linear probe | 2 |",
+                  "| jsb_multi | VAE (KL weight 0.125), linear probe | 2 |",
                   "| jsb_multi | supervised CNN | 2 |"):
         assert label in t2
     import mlflow
@@ -94,7 +95,8 @@ def test_second_run_does_nothing(tiny_all, tiny_override):
     ({"musicslots": {"eval": {"iters": 3}}}, {"eval_musicslots": 28, "tables": 1, "all": 1}),
     ({"musicslots": {"sweep": {"seeds": [0, 1, 2]}}},
      {"train_musicslots": 14, "eval_musicslots": 14, "probe_musicslots": 2, "tables": 1, "all": 1}),
-    ({"baselines": {"cnn": {"train": {"lr": 1e-4}}}}, {"train_baseline": 2, "probe_baseline": 2, "tables": 1, "all": 1}),
+    ({"baselines": {"cnn": {"train": {"lr": 1e-4}}}},
+     {"train_baseline": 2, "probe_baseline": 2, "tables": 1, "all": 1}),
     ({"probe": {"train": {"lr": 1e-4}}}, {"probe_musicslots": 4, "probe_baseline": 6, "tables": 1, "all": 1}),
     ({"tracking": {"experiment": "other"}}, {}),
     ({"codec": {"eval": {"seed": 3}}}, {"eval_codec": 1, "all": 1}),

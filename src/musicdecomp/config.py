@@ -228,8 +228,9 @@ SCHEMA: dict[str, Check] = {
     "musicslots.sweep.single_instrument": _str_list(),
     "baselines.datasets": _str_list(),
     "baselines.seeds": _int_list(),
-    "baselines.vae.kld_weights": (lambda v: isinstance(v, list) and all(_num(0)[0](x) and isinstance(x, float)
-                                                                        for x in v), "a list of floats >= 0 (0.0, not 0)"),
+    "baselines.vae.kld_weights": (lambda v: isinstance(v, list)
+                                  and all(_num(0)[0](x) and isinstance(x, float) for x in v),
+                                  "a list of floats >= 0 (0.0, not 0)"),
     "baselines.vae.model.latent": _num(1, 4096, integer=True),
     "baselines.vae.model.channels": _num(1, 4096, integer=True),
     **_train_schema("baselines.vae.train"),
@@ -326,7 +327,8 @@ def validate(params: dict, prefix: str = "", fix: str | None = None) -> None:
         if "data" in params and "mel" in params["data"]:
             mel = params["data"]["mel"]  # (a step's slice may hold only some of it, e.g. mask_db)
             if {"f_min", "f_max"} <= mel.keys() and mel["f_max"] <= mel["f_min"]:
-                raise UserError(f"parameter data.mel.f_max = {mel['f_max']} must exceed data.mel.f_min = {mel['f_min']}")
+                raise UserError(f"parameter data.mel.f_max = {mel['f_max']} must exceed "
+                                f"data.mel.f_min = {mel['f_min']}")
             if {"hop_length", "n_fft"} <= mel.keys() and mel["hop_length"] > mel["n_fft"]:
                 raise UserError("parameter data.mel.hop_length must not exceed data.mel.n_fft")
     if (not prefix or prefix.startswith("codec")) and "codec" in params and "stems" in params:
@@ -345,7 +347,8 @@ def validate(params: dict, prefix: str = "", fix: str | None = None) -> None:
             raise UserError(f"musicslots.sweep.single_instrument repeats {sorted(both)} from musicslots.sweep.datasets")
         for ds in sweep["datasets"] + sweep["single_instrument"]:
             if ds not in params.get("datasets", {}):
-                raise UserError(f"musicslots.sweep names dataset {ds!r}, which datasets: in params.yaml does not define")
+                raise UserError(f"musicslots.sweep names dataset {ds!r}, "
+                                "which datasets: in params.yaml does not define")
 
 
 # --- per-step slices -----------------------------------------------------------------------------------

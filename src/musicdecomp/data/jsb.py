@@ -161,7 +161,8 @@ def read_chords(path: str | Path) -> list[tuple[tuple[int, ...], str]]:
     try:
         out = [(tuple(int(p) for p in r["chord"].split()), r["split"]) for r in rows]
     except (KeyError, ValueError, AttributeError):
-        raise UserError(f"{path} is not a chords table (columns chord, n_notes, split); rerun the chords step") from None
+        raise UserError(f"{path} is not a chords table (columns chord, n_notes, split); "
+                        "rerun the chords step") from None
     if any(s not in SPLITS for _, s in out):
         raise UserError(f"{path} has an unknown split name; rerun the chords step")
     return out

@@ -21,7 +21,8 @@ def mel_transform(mel: dict, sample_rate: int):
         norm=None, mel_scale="htk")
 
 
-def power_to_db(power: torch.Tensor, amin: float, top_db: float | None, dims: tuple[int, ...] = (-2, -1)) -> torch.Tensor:
+def power_to_db(power: torch.Tensor, amin: float, top_db: float | None,
+                dims: tuple[int, ...] = (-2, -1)) -> torch.Tensor:
     """10*log10(power / 1.0) with an ``amin`` floor; if ``top_db``, clamp at (max over ``dims``) - top_db.
 
     ``dims`` are the axes one example spans: (-2, -1) for one spectrogram; (-3, -2, -1) for a stack of

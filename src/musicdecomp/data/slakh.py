@@ -39,7 +39,8 @@ def read_track(folder: Path, classes: list[str], required: list[str] | None = No
     except FileNotFoundError:
         return None, "no metadata.yaml"
     except yaml.YAMLError as e:
-        raise UserError(f"{meta_path} is not valid YAML ({str(e).splitlines()[0]}); re-extract the Slakh track") from None
+        raise UserError(f"{meta_path} is not valid YAML ({str(e).splitlines()[0]}); "
+                        "re-extract the Slakh track") from None
     stems: dict[str, list[Path]] = {c: [] for c in classes}
     for stem_id, info in (meta.get("stems") or {}).items():
         cls = (info or {}).get("inst_class")

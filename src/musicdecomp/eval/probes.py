@@ -68,7 +68,8 @@ def train_probe(cfg: dict, feats: dict[str, dict], probe_dir: Path, device, kind
             valid = tr["pitch"][idx] >= 0
             p_logits, i_logits = probe(tr["feats"][idx][valid])
             ce = torch.nn.functional.cross_entropy
-            return ce(p_logits.float(), tr["pitch"][idx][valid]) + ce(i_logits.float(), tr["instrument"][idx][valid]), {}
+            pitch_loss = ce(p_logits.float(), tr["pitch"][idx][valid])
+            return pitch_loss + ce(i_logits.float(), tr["instrument"][idx][valid]), {}
         return multilabel_loss(probe(tr["feats"][idx]).reshape(-1, n_p, n_i), tr["grid"][idx]), {}
 
     def validate():
