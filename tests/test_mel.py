@@ -17,6 +17,7 @@ def reference_mel_db(x: np.ndarray, sr=16000, n_fft=1024, hop=512, n_mels=128, f
     window = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)  # periodic Hann
     frames = np.stack([pad[t * hop: t * hop + n_fft] * window for t in range(n_frames)], axis=1)
     power = np.abs(np.fft.rfft(frames, axis=0)) ** 2  # (n_fft/2+1, T)
+
     def hz_to_mel(f):
         return 2595.0 * np.log10(1.0 + f / 700.0)
 
