@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from musicdecomp.config import load_params, step_config
-from musicdecomp.train.loop import SPEED_OPTIONS
+from musicdecomp.train.loop import COMPACT, SPEED_OPTIONS
 
 from conftest import REPO, tool_env
 
@@ -46,6 +46,7 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
     assert configs["eval-musicslots"] == {"musicslots.eval": {"iters": 3, "amp": "none"}}
     assert configs["softmax-t2-imp_true-k3"]["model"]["mask"] == "softmax"
     assert configs["none-t2-imp_true-k3"]["model"]["dim"] == 16  # the tiny override reached the config
+    assert not (stage / "notes.pt").exists() and (stage / "notes.pt.z").exists()  # the notes travel compressed
 
     # the other half runs anywhere from the stage alone (here: another folder, like the GPU machine)
     out = tmp_path / "out1"
@@ -79,6 +80,7 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
         assert json.loads((back / variant / "test.json").read_text())["variant"] == variant
         last = torch.load(back / variant / "ckpt/last.pt", weights_only=True)
         assert last["step"] == stopped_at[variant] and (back / variant / "ckpt/best.pt").exists()
+        assert last["compact"] == COMPACT  # brought back compact
         assert (back / variant / "test.png").read_bytes()[:4] == b"\x89PNG"
 
     # staged with other parameters than it was trained with, it would start over there: refused here, and the
@@ -113,6 +115,8 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
             train_log = tar.extractfile(f"{variant}/train.log").read().decode()
         assert f"{variant}/ckpt/last.pt" not in names and f"{variant}/ckpt/best.pt" in names
         assert f"from step {stopped_at[variant]}" in train_log and "model selection starts again" in train_log
+        assert "resumes from a compact checkpoint" in train_log
+        assert summary["runs"][variant]["progress"]["compact_resumes"] == [stopped_at[variant]]
 
     # bringing the second part back into the first's folder: selection spans both parts, nothing stale stays
     first_best = {v: gpu.read_best(back / v / "ckpt/best.pt") for v in VARIANTS}
@@ -126,6 +130,56 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
         assert progress["step"] == second["progress"]["step"] and progress["best_step"] == step
         assert not (run / "ckpt/last.pt").exists()  # the first part's checkpoint is older than this progress
     assert not list(back.glob(".unpack-*"))
+
+
+def test_a_run_kept_in_git_continues_in_place_with_its_best_checkpoint(tiny_run, tiny_override, tmp_path):
+    """A run folder that git tracks (checkpoints/) travels with the repository on every device call: the stage names
+    it instead of carrying a second copy, and the run continues from it with its best checkpoint, so model selection
+    spans the sessions. What a call would send is added up, and refused over the limit."""
+    long_runs = tmp_path / "long.yaml"
+    long_runs.write_text("musicslots:\n  train: {steps: 100000, cosine_steps: 100000, eval_every: 3, log_every: 1,"
+                         " checkpoint_every: 1000}\n")
+    params = [REPO / "params.yaml", REPO / "config/tiny.yaml", tiny_override, long_runs]
+    variant = VARIANTS[0]
+    run = ["--device", "cpu", "--bench-seconds", 0, "--budget", 600, "--train-seconds", 3, "--keep-last"]
+    script("prepare", "--stage", tmp_path / "stage", "--params", *params, "--variants", variant, cwd=tiny_run)
+    script("run", "--stage", tmp_path / "stage", "--out", tmp_path / "out1", "--work", tmp_path / "m1", *run,
+           cwd=tmp_path)
+    repo = tmp_path / "repo"  # a checkout that keeps the first part in git
+    kept = repo / "checkpoints/musicslots"
+    script("unpack", "--from", tmp_path / "out1", "--to", kept, cwd=tmp_path)
+    first_step = json.loads((kept / variant / "progress.json").read_text())["step"]
+    first_best = gpu.read_best(kept / variant / "ckpt/best.pt")
+    (repo / ".gitignore").write_text("/results\n/.gpu*/\n")
+    (repo / "results").symlink_to(tiny_run / "results")
+    for git in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "kept"]):
+        subprocess.run(["git", *git], cwd=repo, check=True, capture_output=True)
+
+    log = script("prepare", "--stage", ".gpu", "--params", *params, "--variants", variant, "--runs", kept, cwd=repo)
+    assert json.loads((repo / ".gpu/runs.json").read_text()) == {variant: f"checkpoints/musicslots/{variant}"}
+    assert not (repo / ".gpu/runs").exists()  # not copied: it travels with the repository anyway
+    assert f"{variant} continues at step {first_step} from checkpoints/musicslots/{variant} (tracked by git" in log
+    sent = sum(f.stat().st_size for f in [*kept.rglob("*"), *(repo / ".gpu").rglob("*")] if f.is_file())
+    assert gpu.travel_size(repo, repo / ".gpu")[0] >= sent
+    assert "a device call from" in log and "MiB (limit 64 MiB)" in log
+    refused = call("prepare", "--stage", ".gpu", "--params", *params, "--variants", variant, "--runs", kept,
+                   "--max-travel-mib", 0.2, cwd=repo)
+    assert refused.returncode == 1 and "over 0.2 MiB; the largest files:" in refused.stderr
+    assert f"checkpoints/musicslots/{variant}/ckpt/" in refused.stderr
+
+    wrong = call("run", "--stage", repo / ".gpu", "--out", tmp_path / "out2", "--work", tmp_path / "m2", *run,
+                 cwd=tmp_path)  # not from the repository root: the kept run is not there
+    assert wrong.returncode == 1 and "run this from the repository root" in wrong.stderr
+    assert not (tmp_path / "m2").exists()
+    log = script("run", "--stage", ".gpu", "--out", tmp_path / "out2", "--work", tmp_path / "m2", *run, cwd=repo)
+    assert (f"{variant}: continuing from the kept checkpoint at step {first_step} (checkpoints/musicslots/{variant})"
+            in log)
+    train_log = (tmp_path / f"m2/runs/{variant}/train.log").read_text()
+    assert "resumes from a compact checkpoint" in train_log and "model selection starts again" not in train_log
+    progress = json.loads((tmp_path / "out2/summary.json").read_text())["runs"][variant]["progress"]
+    assert progress["step"] > first_step and progress["best_val_score"] >= first_best[0]
+    if progress["best_step"] <= first_step:  # nothing later beat it: still the first part's best
+        assert (progress["best_step"], progress["best_val_score"]) == (first_best[1], first_best[0])
 
 
 def _part(folder, step, best_step, score, *, last=True):
@@ -158,6 +212,33 @@ def test_unpack_keeps_the_better_best_checkpoint_across_parts(tmp_path):
     gpu.place_run(_part(tmp_path / "in3/none", step=50, best_step=50, score=0.99), dst)  # an older part
     assert json.loads((dst / "progress.json").read_text())["step"] == 100
     assert (tmp_path / "in3/none").exists()  # left where it was
+
+    finished = _part(tmp_path / "in4/none", step=120, best_step=110, score=0.9, last=False)  # finished, worse
+    (finished / "ckpt/best.pt").rename(finished / "best.pt")  # packed with its best model once, as best.pt
+    gpu.place_run(finished, dst)
+    assert gpu.read_best(dst / "best.pt") == (0.95, 95) and not (dst / "ckpt/best.pt").exists()
+    assert json.loads((dst / "test.json").read_text())["best_step"] == 95
+
+
+def test_a_run_stopped_before_it_logged_can_be_continued_elsewhere(tmp_path):
+    early = tmp_path / "early"  # stopped at step 3, before its first log line and validation
+    (early / "ckpt").mkdir(parents=True)
+    (early / "progress.json").write_text(json.dumps({"step": 3}))
+    torch.save({"step": 3}, early / "ckpt/last.pt")
+    gpu.copy_run(early, tmp_path / "there", best=True)
+    assert gpu.step_of(tmp_path / "there") == 3 and not (tmp_path / "there/ckpt/best.pt").exists()
+
+
+def test_files_pack_and_unpack_byte_for_byte(tmp_path):
+    for data in (b"", b"abcdefg", torch.randn(4099).numpy().tobytes() + b"xy"):
+        (tmp_path / "f").write_bytes(data)
+        gpu.pack_file(tmp_path / "f", tmp_path / "f.z")
+        gpu.unpack_file(tmp_path / "f.z", tmp_path / "g")
+        assert (tmp_path / "g").read_bytes() == data
+    smooth = torch.sin(torch.arange(200_000) / 50).numpy().tobytes()  # audio-like float32
+    (tmp_path / "f").write_bytes(smooth)
+    gpu.pack_file(tmp_path / "f", tmp_path / "f.z")
+    assert (tmp_path / "f.z").stat().st_size < 0.8 * len(smooth)
 
 
 def test_speed_options_follow_the_benchmark():

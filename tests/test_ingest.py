@@ -12,6 +12,7 @@ import torch
 from musicdecomp.errors import UserError
 from musicdecomp.eval.musicslots import evaluate_run
 from musicdecomp.train.ingest import TAG, ingest_run
+from musicdecomp.train.loop import compact_checkpoint
 from musicdecomp.train.musicslots import train_musicslots
 
 from conftest import tool_env
@@ -44,6 +45,7 @@ def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, 
     assert {"ckpt", "metrics.jsonl", "progress.json", "curves.png"} <= {a.path for a in client.list_artifacts(first)}
 
     # continued to the end (with code changed meanwhile) and evaluated: ingesting again replaces the earlier run
+    compact_checkpoint(run / "ckpt/last.pt", run / "ckpt/last.pt")  # as brought back from a GPU machine
     last = torch.load(run / "ckpt/last.pt", weights_only=True)
     torch.save({**last, "code": {**last["code"], "models/encoder.py": "0" * 16}}, run / "ckpt/last.pt")
     train_musicslots(cfg, data, run, device="cpu")
@@ -54,6 +56,7 @@ def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, 
     row = found.iloc[0]
     assert row["status"] == "FINISHED" and row["metrics.test/miou"] == pytest.approx(test["test"]["miou"])
     assert row["tags.code_changed_at_steps"] == "4"  # as the training's own MLflow run would be tagged
+    assert row["tags.compact_resumes_at_steps"] == "4"
     assert [m.step for m in client.get_metric_history(second, "val/miou")] == [2, 4, 6]
     assert {"best.pt", "train.json", "test.png", "test_audio"} <= {a.path for a in client.list_artifacts(second)}
     assert "test_audio/index.json" in {a.path for a in client.list_artifacts(second, "test_audio")}

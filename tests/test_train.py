@@ -16,6 +16,7 @@ from musicdecomp.eval.musicslots import evaluate_run
 from musicdecomp.eval.tables import table1
 from musicdecomp.pipeline import STEPS
 from musicdecomp.sweep import musicslots_runs, train_config, variant_model, variant_name
+from musicdecomp.train.loop import COMPACT, compact_checkpoint
 from musicdecomp.train.musicslots import train_musicslots
 from musicdecomp.train.schedule import learning_rate
 
@@ -104,6 +105,43 @@ def test_resume_continues_bit_identically(tiny_run, tiny_params, tmp_path, caplo
     assert not (tmp_path / "d/stale").exists()
     assert (tmp_path / "d/metrics.jsonl").read_text() == (tmp_path / "a/metrics.jsonl").read_text()  # resumed
     assert torch.load(tmp_path / "d/ckpt/last.pt", weights_only=True)["code_changes"] == resumed["code_changes"]
+
+
+def test_a_compact_checkpoint_continues_the_run_on_record(tiny_run, tiny_params, tmp_path, caplog):
+    """A run carried between machines as a compact copy of ckpt/last.pt (Adam's moments in bfloat16) continues
+    almost as the uninterrupted run, and says so; a best checkpoint that came along keeps being the one to beat."""
+    data = tiny_run / "results/data/jsb_multi"
+    cfg = tiny_cfg(tiny_params)
+    full = train_musicslots(cfg, data, tmp_path / "a", device="cpu", threads=1)
+    assert full["compact_resumes"] == []
+    assert train_musicslots(cfg, data, tmp_path / "b", device="cpu", threads=1, stop_after=4) == {"stopped_at": 4}
+    last = tmp_path / "b/ckpt/last.pt"
+    sizes = compact_checkpoint(last, last)
+    assert sizes["bytes_after"] < sizes["bytes_before"]
+    state = torch.load(last, weights_only=True)
+    moments = [v for slot in state["optimizer"]["state"].values() for k, v in slot.items() if k != "step"]
+    assert moments and {v.dtype for v in moments} == {torch.bfloat16} and state["compact"] == COMPACT
+    assert state["model"]["decoder.pos.proj.weight"].dtype == torch.float32  # the weights are kept exact
+    with caplog.at_level(logging.INFO, logger="musicdecomp"):
+        resumed = train_musicslots(cfg, data, tmp_path / "b", device="cpu", threads=1)
+    assert "resumes from a compact checkpoint" in caplog.text
+    assert resumed["steps"] == 6 and resumed["compact_resumes"] == [4]
+    a, b = (torch.load(d / "ckpt/last.pt", weights_only=True) for d in (tmp_path / "a", tmp_path / "b"))
+    assert "compact" not in b and all(v.dtype == torch.float32 for slot in b["optimizer"]["state"].values()
+                                      for k, v in slot.items() if k != "step")
+    assert all(torch.allclose(a["model"][k], b["model"][k], rtol=1e-3, atol=1e-6) for k in a["model"])
+    pairs = [(a["optimizer"]["state"][i]["exp_avg_sq"], b["optimizer"]["state"][i]["exp_avg_sq"])
+             for i in a["optimizer"]["state"]]
+    assert not all(torch.equal(x, y) for x, y in pairs)  # the rounding did reach the run's state
+    assert all(torch.allclose(x, y, rtol=1e-2, atol=1e-12) for x, y in pairs)
+
+    # a resumed run selects against the ckpt/best.pt beside its last checkpoint (e.g. carried along with it)
+    assert train_musicslots(cfg, data, tmp_path / "c", device="cpu", threads=1, stop_after=2) == {"stopped_at": 2}
+    best = torch.load(tmp_path / "c/ckpt/best.pt", weights_only=True)
+    torch.save({**best, "val": {**best["val"], "score": 2.0}}, tmp_path / "c/ckpt/best.pt")  # unbeatable (mIoU <= 1)
+    done = train_musicslots(cfg, data, tmp_path / "c", device="cpu", threads=1)
+    assert (done["best_step"], done["best_val_score"]) == (2, 2.0)
+    assert torch.load(tmp_path / "c/best.pt", weights_only=True)["val"]["score"] == 2.0
 
 
 def test_killed_training_resumes_from_its_checkpoint(tiny_run, tiny_params, tmp_path):

@@ -23,14 +23,22 @@ of its folder (best checkpoint, metrics.jsonl, curves, test.json/png, logs). ``-
 parts, since a file brought back is at most 16 MiB.
 
 A stopped run continues with the same command where its folder still exists (a machine kept warm), or on a fresh
-machine from a checkpoint brought back:
+machine from a checkpoint brought back (``--keep-last`` brings it back as a compact copy: Adam's moments in
+bfloat16, 28 MB instead of 42 at paper size, see musicdecomp.train.loop.compact_checkpoint):
 
-    python workflow/scripts/musicslots_gpu.py unpack --from <folder of the files> --to results/gpu_runs
-    python workflow/scripts/musicslots_gpu.py prepare ... --runs results/gpu_runs   # stages each ckpt/last.pt
+    python workflow/scripts/musicslots_gpu.py unpack --from <folder of the files> --to checkpoints/musicslots
+    git add checkpoints/musicslots && git commit ...     # kept in git: results/ does not outlive a checkout
+    python workflow/scripts/musicslots_gpu.py prepare ... --runs checkpoints/musicslots
 
-Only ckpt/last.pt travels there (52 MB with the stage, under a call's 64 MiB), so the continued run's model selection
-starts again at its next validation; ``unpack`` into the folder of the earlier part keeps the earlier best
-checkpoint (and its test evaluation) when it scored higher, so selection spans the whole run.
+A call sends the repository's tracked files and carries at most 64 MiB in all. A run whose ckpt/last.pt git tracks
+travels with the repository anyway, so ``prepare`` does not copy it into the stage but names it there
+(``runs.json``), and ``run`` continues it in place with its ckpt/best.pt, so model selection spans every session.
+A run folder that git does not track (``--runs results/gpu_runs``) is copied into the stage, without its best
+checkpoint (14 MB); its model selection then starts again at the next validation, and ``unpack`` into the folder
+of the earlier part keeps the earlier best checkpoint (and its test evaluation) when it scored higher. The rendered
+notes travel compressed (``notes.pt.z``, 7.5 MB instead of 10.2, restored byte for byte there). ``prepare`` adds
+up what the next call would send (tracked and untracked-not-ignored files of the repository it runs in, and the
+stage) and refuses above ``--max-travel-mib``, naming the largest files.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +64,7 @@ INPUTS = {"chords.csv": "results/data/jsb/chords.csv", "summary.json": "results/
 STEP_CONFIGS = ("features", "eval-musicslots")  # the entries of configs.json that are not runs
 EVAL_RESERVE_S = 75  # test evaluation, figures and packing after training stops
 CARRIED = ("ckpt/last.pt", "metrics.jsonl", "progress.json")  # what continues a run elsewhere
+PACKED = {"notes.pt": "notes.pt.z"}  # stage files that travel compressed (pack_file), restored there
 
 
 def musicdecomp(*args: str) -> list[str]:
@@ -76,17 +86,95 @@ def prepare(args) -> None:
             *params)))
     for variant in args.variants if args.runs else ():
         check_continued(Path(args.runs) / variant, configs[variant], args.params)
+    for name in (*INPUTS, *PACKED.values(), "runs.json"):  # what an earlier stage may hold
+        (stage / name).unlink(missing_ok=True)
     for name, src in INPUTS.items():
-        shutil.copyfile(src, stage / name)
+        if name in PACKED:
+            pack_file(Path(src), stage / PACKED[name])
+        else:
+            shutil.copyfile(src, stage / name)
     (stage / "configs.json").write_text(json.dumps(configs, indent=1))
     shutil.rmtree(stage / "runs", ignore_errors=True)
+    in_place = {}
     for variant in args.variants if args.runs else ():
         src = Path(args.runs) / variant
-        if (src / "ckpt/last.pt").exists():
+        if not (src / "ckpt/last.pt").exists():
+            continue
+        step = json.loads((src / "progress.json").read_text())["step"]
+        tracked = tracked_path(src)
+        if tracked is not None:  # it travels with the repository: named, not copied
+            in_place[variant] = tracked
+            print(f"{variant} continues at step {step} from {tracked} (tracked by git: it travels with the "
+                  f"repository, its best checkpoint too)")
+        else:
             copy_run(src, stage / "runs" / variant)
-            print(f"staged {variant} at step {json.loads((src / 'progress.json').read_text())['step']} from {src}")
-    size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file()) / 1e6  # a call carries at most 64 MiB
-    print(f"staged {', '.join(INPUTS)} and the configs of {', '.join(args.variants)} in {stage} ({size:.1f} MB)")
+            print(f"staged {variant} at step {step} from {src}")
+    if in_place:
+        (stage / "runs.json").write_text(json.dumps(in_place, indent=1))
+    size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file()) / 1e6
+    inputs = ", ".join(f"{name} (compressed)" if name in PACKED else name for name in INPUTS)
+    print(f"staged {inputs} and the configs of {', '.join(args.variants)} in {stage} ({size:.1f} MB)")
+    check_travel(Path.cwd(), stage, args.max_travel_mib)
+
+
+def tracked_path(run: Path) -> str | None:
+    """``run``'s path relative to the top of its git repository when git tracks its ckpt/last.pt, else None."""
+    git = ["git", "-C", str(run)]
+    top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode or subprocess.run([*git, "ls-files", "--error-unmatch", "ckpt/last.pt"],
+                                        capture_output=True).returncode:
+        return None
+    return run.resolve().relative_to(Path(top.stdout.strip()).resolve()).as_posix()
+
+
+def travel_size(repo: Path, stage: Path) -> tuple[int, list[tuple[int, str]]]:
+    """Bytes a device call from ``repo`` sends (its tracked and untracked-not-ignored files, and ``stage``, carried
+    when git ignores it) and the files by size, largest first."""
+    listing = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             capture_output=True, text=True, check=True).stdout
+    files = {(repo / name).resolve() for name in listing.split("\0") if name}
+    files |= {f.resolve() for f in stage.rglob("*")}
+    sizes = sorted(((f.stat().st_size, str(f.relative_to(repo.resolve()) if f.is_relative_to(repo.resolve()) else f))
+                    for f in files if f.is_file()), reverse=True)
+    return sum(size for size, _ in sizes), sizes
+
+
+def check_travel(repo: Path, stage: Path, limit_mib: float) -> None:
+    """Refuse a stage whose call would send more than ``limit_mib`` (the device tool's limit is 64 MiB): it would be
+    refused there. Outside a git repository (nothing to add up) this only says so."""
+    if subprocess.run(["git", "-C", str(repo), "rev-parse"], capture_output=True).returncode:
+        print(f"{repo} is not a git repository: what a device call would send is not added up")
+        return
+    total, sizes = travel_size(repo, stage)
+    print(f"a device call from {repo} with {stage} carried sends {total / 2**20:.1f} MiB (limit {limit_mib:g} MiB)")
+    if total > limit_mib * 2**20:
+        largest = ", ".join(f"{name} ({size / 2**20:.1f} MiB)" for size, name in sizes[:5])
+        sys.exit(f"a device call would send {total / 2**20:.1f} MiB, over {limit_mib:g} MiB; the largest files: "
+                 f"{largest}. Keep fewer runs in checkpoints/ with their ckpt/last.pt (a finished run needs only "
+                 f"best.pt), stage fewer runs, or `git add` the kept runs (one git does not track yet is copied "
+                 f"into the stage and so travels twice)")
+
+
+def pack_file(src: Path, dst: Path) -> None:
+    """Compress ``src`` losslessly: its bytes regrouped by position in 4-byte words (float32 data compresses much
+    better so), then zlib. ``unpack_file`` restores it byte for byte."""
+    data = src.read_bytes()
+    padded = data + bytes(-len(data) % 4)
+    lanes = b"".join(padded[i::4] for i in range(4))
+    dst.write_bytes(len(data).to_bytes(8, "little") + zlib.compress(lanes, 6))
+
+
+def unpack_file(src: Path, dst: Path) -> None:
+    raw = src.read_bytes()
+    size, lanes = int.from_bytes(raw[:8], "little"), zlib.decompress(raw[8:])
+    n = len(lanes) // 4
+    words = bytearray(len(lanes))
+    for i in range(4):
+        words[i::4] = lanes[i * n:(i + 1) * n]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.write_bytes(bytes(words[:size]))
+    tmp.replace(dst)
 
 
 def check_continued(run: Path, cfg: dict, params: list[str]) -> None:
@@ -138,6 +226,11 @@ def run(args) -> None:
     configs = json.loads((stage / "configs.json").read_text())
     variants = [v for v in configs if v not in STEP_CONFIGS]
     check_configs(stage / "configs.json", configs, variants)
+    in_place = json.loads((stage / "runs.json").read_text()) if (stage / "runs.json").exists() else {}
+    for variant, kept in in_place.items():  # relative to the repository root, where the call runs
+        if not (Path(kept) / "ckpt/last.pt").exists():
+            sys.exit(f"{kept}/ckpt/last.pt (named in {stage / 'runs.json'}) is missing in {Path.cwd()}: run this "
+                     f"from the repository root, with the repository that was staged")
     eval_cfg = configs["eval-musicslots"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MUSICDECOMP_PROGRESS": "0"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
@@ -151,10 +244,15 @@ def run(args) -> None:
 
     data_dir = work / "data" / DATASET
     if not (data_dir / "summary.json").exists():
+        inputs = {name: stage / name for name in INPUTS}
+        for name, packed in PACKED.items():
+            if (stage / packed).exists():  # staged compressed: restored into the work folder
+                inputs[name] = work / "inputs" / name
+                unpack_file(stage / packed, inputs[name])
         log("features: rebuilding the dataset from the rendered notes", t0)
         subprocess.run(musicdecomp("features", "--config", json.dumps(configs["features"]), "--dataset", DATASET,
-                                   "--chords", str(stage / "chords.csv"), "--chords-summary",
-                                   str(stage / "summary.json"), "--notes", str(stage / "notes.pt"),
+                                   "--chords", str(inputs["chords.csv"]), "--chords-summary",
+                                   str(inputs["summary.json"]), "--notes", str(inputs["notes.pt"]),
                                    "--out-dir", str(data_dir)), env=env, check=True)
 
     models = {v: (configs[v]["model"]["mask"], configs[v]["model"]["time_stride"]) for v in variants}
@@ -183,12 +281,14 @@ def run(args) -> None:
         """Start training ``variant`` for 1/``share`` of the training time left (or --train-seconds)."""
         run_dir = work / "runs" / variant
         run_dir.mkdir(parents=True, exist_ok=True)
-        staged = stage / "runs" / variant
+        kept = Path(in_place[variant]) if variant in in_place else None
+        staged = kept or stage / "runs" / variant
         if (staged / "ckpt/last.pt").exists() and step_of(staged) > step_of(run_dir):
-            copy_run(staged, run_dir)
             for stale in ("ckpt/best.pt", "best.pt", "train.json"):  # from an older run in this folder
                 (run_dir / stale).unlink(missing_ok=True)
-            log(f"{variant}: continuing from the staged checkpoint at step {step_of(run_dir)}", t0)
+            copy_run(staged, run_dir, best=kept is not None)
+            log(f"{variant}: continuing from the {'kept' if kept else 'staged'} checkpoint at step "
+                f"{step_of(run_dir)}{f' ({kept})' if kept else ''}", t0)
         seconds = args.train_seconds or max((train_end - time.perf_counter()) / share, 10)
         limit_min = seconds / 60
         cmd = musicdecomp("train-musicslots", "--config", json.dumps(configs[variant]), "--dataset", DATASET,
@@ -245,10 +345,7 @@ def run(args) -> None:
             if (run_dir / name).exists():
                 entry[name.removesuffix(".json")] = json.loads((run_dir / name).read_text())
         summary["runs"][variant] = entry
-        keep = args.keep_last and "train" not in entry  # a finished run needs no optimiser state
-        with tarfile.open(out / f"{variant}.tar", "w") as tar:
-            tar.add(run_dir, arcname=variant,
-                    filter=lambda m: None if m.name.endswith("ckpt/last.pt") and not keep else m)
+        pack_run(run_dir, out / f"{variant}.tar", keep_last=args.keep_last and "train" not in entry)
         split_large(out / f"{variant}.tar", int(args.part_mib * 2**20))
     summary["wall_seconds"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -289,9 +386,34 @@ def speed_options(requested: list[str], bench: dict, mask: str, stride: int) -> 
     return []
 
 
-def copy_run(src: Path, dst: Path) -> None:
-    """Copy what continues a run elsewhere (CARRIED) from one run folder to another."""
-    for name in CARRIED:
+def pack_run(run_dir: Path, tar_path: Path, keep_last: bool) -> None:
+    """Tar a run folder to bring it back: with ``keep_last``, a compact copy of ckpt/last.pt (a finished run needs
+    no optimiser state: never); a finished run's ckpt/best.pt only once, as best.pt."""
+    finished = (run_dir / "best.pt").exists()
+
+    def leave_out(member: tarfile.TarInfo):
+        name = member.name.split("/", 1)[-1]
+        return None if name == "ckpt/last.pt" or (finished and name == "ckpt/best.pt") else member
+
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(run_dir, arcname=run_dir.name, filter=leave_out)
+        if keep_last and (run_dir / "ckpt/last.pt").exists():
+            from musicdecomp.train.loop import compact_checkpoint
+
+            with tempfile.TemporaryDirectory() as tmp:
+                compact = Path(tmp) / "last.pt"
+                sizes = compact_checkpoint(run_dir / "ckpt/last.pt", compact)
+                tar.add(compact, arcname=f"{run_dir.name}/ckpt/last.pt")
+            print(f"{run_dir.name}: ckpt/last.pt packed compact, {sizes['bytes_before'] / 1e6:.1f} -> "
+                  f"{sizes['bytes_after'] / 1e6:.1f} MB", flush=True)
+
+
+def copy_run(src: Path, dst: Path, best: bool = False) -> None:
+    """Copy what continues a run elsewhere (CARRIED, and with ``best`` its ckpt/best.pt) from one run folder to
+    another; a run stopped before it logged or validated has no metrics.jsonl or best checkpoint yet."""
+    for name in (*CARRIED, "ckpt/best.pt") if best else CARRIED:
+        if name in ("metrics.jsonl", "ckpt/best.pt") and not (src / name).exists():
+            continue
         (dst / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / name, dst / name)
 
@@ -331,6 +453,13 @@ def unpack(args) -> None:
                 place_run(run_dir, dst / run_dir.name)
 
 
+BEST_FILES = ("ckpt/best.pt", "best.pt")  # a run's best model while it trains, and once it has finished
+
+
+def best_file(run: Path) -> Path | None:
+    return next((run / name for name in BEST_FILES if (run / name).exists()), None)
+
+
 def read_best(path: Path) -> tuple[float, int]:
     """(validation score, step) of a best-model file."""
     import torch
@@ -342,25 +471,25 @@ def read_best(path: Path) -> tuple[float, int]:
 def place_run(new: Path, dst: Path) -> None:
     """Move a run folder brought back to ``dst``. Where ``dst`` already holds an earlier part of the same run (an
     earlier session), the new folder replaces it (a stale ckpt/last.pt must not survive beside a newer progress.json),
-    but model selection spans both parts: a continued run starts selecting again on the GPU machine, since only
-    ckpt/last.pt travels there, so the earlier best checkpoint is kept, with its test evaluation, when its validation
-    score is higher."""
+    but model selection spans both parts: a run continued from a copy in the stage starts selecting again on the GPU
+    machine, since only ckpt/last.pt travels there, so the earlier best checkpoint is kept, with its test evaluation,
+    when its validation score is higher. (A run continued in place from checkpoints/ took its best checkpoint along.)
+    A finished run keeps its best model once, as best.pt."""
     name = dst.name
     if dst.exists():
         step_new, step_old = (json.loads((d / "progress.json").read_text())["step"] for d in (new, dst))
         if step_new < step_old:
             print(f"{name}: skipped, {dst} is further on (step {step_old} > {step_new})")
             return
-        old_best = dst / "ckpt/best.pt"
-        if old_best.exists():
-            new_best = new / "ckpt/best.pt"
+        old_best = best_file(dst)
+        if old_best is not None:
+            new_best = best_file(new)
             score_old, at_old = read_best(old_best)
-            score_new, at_new = read_best(new_best) if new_best.exists() else (float("-inf"), -1)
+            score_new, at_new = read_best(new_best) if new_best is not None else (float("-inf"), -1)
             if score_old > score_new:
-                new_best.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(old_best, new_best)
-                if (new / "best.pt").exists():  # a finished run's published best model
-                    shutil.copyfile(old_best, new / "best.pt")
+                for target in [new / n for n in BEST_FILES if (new / n).exists()] or [new / BEST_FILES[0]]:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(old_best, target)
                 for evaluated in ("test.json", "test.png"):  # the test evaluation of the kept checkpoint
                     (new / evaluated).unlink(missing_ok=True)
                     if (dst / evaluated).exists():
@@ -374,6 +503,8 @@ def place_run(new: Path, dst: Path) -> None:
                       f"this part's best: {score_new:.4f} at step {at_new})")
         shutil.rmtree(dst)
     shutil.move(new, dst)
+    if (dst / "best.pt").exists():  # finished: its published best model is kept once
+        (dst / "ckpt/best.pt").unlink(missing_ok=True)
     progress = json.loads((dst / "progress.json").read_text())
     print(f"{name} -> {dst} (step {progress['step']} of {progress['steps']})")
     if not (dst / "ckpt/last.pt").exists() and not (dst / "train.json").exists():
@@ -389,6 +520,8 @@ def main() -> None:
     sp.add_argument("--variants", nargs="+", default=["none-t1-imp_true-k7", "softmax-t1-imp_true-k7"])
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--runs", help="folder of run folders (from unpack) whose ckpt/last.pt to continue from")
+    sp.add_argument("--max-travel-mib", type=float, default=64,
+                    help="refuse when a device call from here would send more (the device tool's limit: 64 MiB)")
     sp.set_defaults(func=prepare)
     sp = sub.add_parser("run", help="there: features, benchmark, training within the budget, evaluation")
     sp.add_argument("--stage", default=".gpu")

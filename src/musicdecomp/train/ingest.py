@@ -19,8 +19,8 @@ from pathlib import Path
 from musicdecomp.errors import UserError
 from musicdecomp.io import read_json
 from musicdecomp.logs import get_logger
-from musicdecomp.train.tracking import (code_change_tags, ensure_experiment, flat_params, log_artifact_path,
-                                        metric_key)
+from musicdecomp.train.tracking import (ensure_experiment, flat_params, log_artifact_path, metric_key,
+                                        resume_tags)
 
 log = get_logger("ingest")
 
@@ -84,7 +84,8 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
     tags = {TAG: name, SOURCE_TAG: source,
             "musicdecomp.device": progress.get("device", "unknown"),
             "musicdecomp.speed": ",".join(k for k, on in progress.get("speed", {}).items() if on) or "default"}
-    tags.update(code_change_tags(progress.get("code_changes", [])))  # as the training's own MLflow run has it
+    # as the training's own MLflow run has them
+    tags.update(resume_tags(progress.get("code_changes", []), progress.get("compact_resumes", [])))
     run = client.create_run(exp_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     try:

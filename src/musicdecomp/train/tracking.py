@@ -26,11 +26,15 @@ def metric_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
-def code_change_tags(code_changes: list[dict]) -> dict[str, str]:
-    """The MLflow tag of a run resumed with other code (musicdecomp.train.loop's ``code_changes``); none if none."""
-    if not code_changes:
-        return {}
-    return {"code_changed_at_steps": ",".join(str(c["step"]) for c in code_changes)}
+def resume_tags(code_changes: list[dict], compact_resumes: list[int] = ()) -> dict[str, str]:
+    """The MLflow tags of a run resumed with other code (musicdecomp.train.loop's ``code_changes``) or from a compact
+    checkpoint (``compact_resumes``); none if neither."""
+    tags = {}
+    if code_changes:
+        tags["code_changed_at_steps"] = ",".join(str(c["step"]) for c in code_changes)
+    if compact_resumes:
+        tags["compact_resumes_at_steps"] = ",".join(str(step) for step in compact_resumes)
+    return tags
 
 
 class Tracker:
