@@ -42,7 +42,7 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
     stage = tmp_path / "stage"
     script("prepare", "--stage", stage, "--params", *params, "--variants", *VARIANTS, cwd=tiny_run)
     configs = json.loads((stage / "configs.json").read_text())
-    assert set(configs) == {"features", "eval-musicslots", *VARIANTS}
+    assert set(configs) == {"features", "eval-musicslots", "probe", *VARIANTS}
     assert configs["eval-musicslots"] == {"musicslots.eval": {"iters": 3, "amp": "none"}}
     assert configs["softmax-t2-imp_true-k3"]["model"]["mask"] == "softmax"
     assert configs["none-t2-imp_true-k3"]["model"]["dim"] == 16  # the tiny override reached the config
@@ -294,7 +294,8 @@ def test_a_stage_of_another_version_is_refused_before_any_work(tiny_params, tmp_
     stage.mkdir()
     (stage / "configs.json").write_text(json.dumps({
         "features": step_config(tiny_params, "features", "jsb_multi"),
-        "eval-musicslots": step_config(tiny_params, "eval_musicslots"), variant: run}))
+        "eval-musicslots": step_config(tiny_params, "eval_musicslots"), "probe": step_config(tiny_params, "probe"),
+        variant: run}))
     proc = _run_stage(stage, tmp_path)
     assert proc.returncode != 0
     assert "parameter musicslots.train.checkpoint_minutes is missing" in proc.stderr, proc.stderr[-2000:]
@@ -307,13 +308,19 @@ def test_a_run_finished_in_the_work_folder_is_not_trained_again(tiny_run, tiny_o
     script("prepare", "--stage", stage, "--params", REPO / "params.yaml", REPO / "config/tiny.yaml", tiny_override,
            "--variants", VARIANTS[0], cwd=tiny_run)
     run = ["run", "--stage", stage, "--work", work, "--budget", 600, "--device", "cpu", "--bench-seconds", 0]
-    script(*run, "--out", tmp_path / "out1", cwd=tmp_path)
+    assert f"{VARIANTS[0]}: probing the finished run" in script(*run, "--out", tmp_path / "out1", cwd=tmp_path)
     first = json.loads((tmp_path / "out1/summary.json").read_text())["runs"][VARIANTS[0]]
     assert first["exit"] == 0 and first["train"]["steps"] == first["progress"]["steps"]  # the tiny run finished
+    assert first["probe"]["name"] == VARIANTS[0] and set(first["probe"]["test"]) >= {"pitch", "instrument", "chord"}
+    with tarfile.open(tmp_path / "out1" / f"{VARIANTS[0]}.tar") as tar:  # its best model once, and the probe
+        names = set(tar.getnames())
+    assert {f"{VARIANTS[0]}/best.pt", f"{VARIANTS[0]}/probe.json"} <= names
+    assert f"{VARIANTS[0]}/ckpt/best.pt" not in names and f"{VARIANTS[0]}/ckpt/last.pt" not in names
     log = script(*run, "--out", tmp_path / "out2", cwd=tmp_path)  # a second call on the same machine
     assert f"{VARIANTS[0]}: finished at step {first['train']['steps']}; not trained again" in log
     second = json.loads((tmp_path / "out2/summary.json").read_text())["runs"][VARIANTS[0]]
     assert second["train"] == first["train"] and second["test"]["test"] == first["test"]["test"]
+    assert second["probe"] == first["probe"] and "probing" not in log  # probed once
     assert not (work / "runs" / VARIANTS[0] / "stale").exists()  # nothing was set aside and retrained
 
 

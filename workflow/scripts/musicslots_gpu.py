@@ -16,9 +16,11 @@ options (benchmarks/musicslots_throughput.py --speed; ``--speed auto`` then trai
 one, if it beats the defaults by 3 %; a benchmark recorded in benchmarks/ for this GPU that covers the staged
 models is used instead of measuring again, unless ``--rebench``), trains the staged variants one after the other
 (``--side-by-side``: at the same time) with ``--time-limit`` so that they stop at a checkpoint before the budget
-ends (or finish), evaluates each one's best checkpoint on the test split, and writes into ``--out``:
-``summary.json`` (steps, throughput, validation and test metrics per run), the throughput record, and per run a tar
-of its folder (best checkpoint, metrics.jsonl, curves, test.json/png, logs). ``--keep-last`` adds ckpt/last.pt
+ends (or finish), evaluates each one's best checkpoint on the test split, probes a run that has finished (Table 2's
+linear pitch and instrument probes on its matched slots, ``probe.json``; when a minute of the budget is left, else in
+the next call), and writes into ``--out``: ``summary.json`` (steps, throughput, validation and test metrics and
+probe accuracies per run), the throughput record, and per run a tar of its folder (best checkpoint, metrics.jsonl,
+curves, test.json/png, probe.json, logs). ``--keep-last`` adds ckpt/last.pt
 (weights, optimiser, random streams: 42 MB at paper size), and files over ``--part-mib`` are split into numbered
 parts, since a file brought back is at most 16 MiB.
 
@@ -61,8 +63,9 @@ SPEED_OPTIONS = ("channels_last", "cudnn_benchmark")  # musicdecomp.train.loop.S
 DATASET = "jsb_multi"
 INPUTS = {"chords.csv": "results/data/jsb/chords.csv", "summary.json": "results/data/jsb/summary.json",
           "notes.pt": "results/data/notes/notes.pt"}
-STEP_CONFIGS = ("features", "eval-musicslots")  # the entries of configs.json that are not runs
+STEP_CONFIGS = ("features", "eval-musicslots", "probe")  # the entries of configs.json that are not runs
 EVAL_RESERVE_S = 75  # test evaluation, figures and packing after training stops
+PROBE_RESERVE_S = 60  # a finished run is probed only with this much of the budget left (then packing)
 CARRIED = ("ckpt/last.pt", "metrics.jsonl", "progress.json")  # what continues a run elsewhere
 PACKED = {"notes.pt": "notes.pt.z"}  # stage files that travel compressed (pack_file), restored there
 
@@ -79,7 +82,7 @@ def prepare(args) -> None:
         sys.exit(f"missing {', '.join(missing)}: build them first (snakemake --cores 2 {' '.join(missing)})")
     params = ["--params", *args.params]
     configs = {name: json.loads(subprocess.check_output(musicdecomp("config", name, *extra, *params)))
-               for name, extra in (("features", ("--dataset", DATASET)), ("eval-musicslots", ()))}
+               for name, extra in (("features", ("--dataset", DATASET)), ("eval-musicslots", ()), ("probe", ()))}
     for variant in args.variants:
         configs[variant] = json.loads(subprocess.check_output(musicdecomp(
             "config", "train-musicslots", "--dataset", DATASET, "--variant", variant, "--seed", str(args.seed),
@@ -213,6 +216,7 @@ def check_configs(path: Path, configs: dict, variants: list[str]) -> None:
     try:
         check_slice(configs["features"], "features", DATASET)
         check_slice(configs["eval-musicslots"], "eval_musicslots")
+        check_slice(configs["probe"], "probe")
         for variant in variants:
             check_slice(configs[variant], "train_musicslots", DATASET, variant, configs[variant].get("seed"))
     except UserError as e:
@@ -338,10 +342,29 @@ def run(args) -> None:
         _, err = proc.communicate()
         if proc.returncode:
             print(err[-3000:], file=sys.stderr)
+    for variant in variants:  # Table 2's note-property probes of a finished run (its best.pt), once
+        run_dir = work / "runs" / variant
+        if status[variant] != 0 or not (run_dir / "best.pt").exists() or (run_dir / "probe.json").exists():
+            continue
+        left = t0 + args.budget - time.perf_counter()
+        if left < PROBE_RESERVE_S:
+            log(f"{variant}: not probed, {left:.0f} s of the budget left; the next call on this machine probes it",
+                t0)
+            continue
+        log(f"{variant}: probing the finished run (pitch and instrument from its matched slots)", t0)
+        try:
+            proc = subprocess.run(musicdecomp(
+                "probe", "--run-dir", str(run_dir), "--data-dir", str(data_dir), "--out", str(run_dir / "probe.json"),
+                "--device", args.device, "--config", json.dumps(configs["probe"]), "--log", str(run_dir / "probe.log")),
+                env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, timeout=left - 20)
+            if proc.returncode:
+                print(proc.stderr[-3000:], file=sys.stderr)
+        except subprocess.TimeoutExpired:  # its checkpoints stay in the run folder: the next call continues it
+            log(f"{variant}: the probe did not finish within the budget", t0)
     for variant in variants:
         run_dir = work / "runs" / variant
         entry = {"exit": status[variant], "speed": speeds[variant]}
-        for name in ("progress.json", "train.json", "test.json"):
+        for name in ("progress.json", "train.json", "test.json", "probe.json"):
             if (run_dir / name).exists():
                 entry[name.removesuffix(".json")] = json.loads((run_dir / name).read_text())
         summary["runs"][variant] = entry
@@ -353,7 +376,10 @@ def run(args) -> None:
         p, t = entry.get("progress", {}), entry.get("test", {}).get("test", {})
         log(f"{variant}: step {p.get('step')} of {p.get('steps')}, {p.get('steps_per_second', 0):.2f} steps/s, "
             f"best val mIoU {p.get('best_val_score', float('nan')):.4f} @ {p.get('best_step')}; test note MSE "
-            f"{t.get('note_mse', float('nan')):.3f} mIoU {t.get('miou', float('nan')):.4f}", t0)
+            f"{t.get('note_mse', float('nan')):.3f} mIoU {t.get('miou', float('nan')):.4f}"
+            + ("; probes (pitch / instrument / chord): " + " / ".join(
+                f"{entry['probe']['test'][k]:.4f}" for k in ("pitch", "instrument", "chord"))
+               if "probe" in entry else ""), t0)
     if any(code not in (0, 75) for code in status.values()):
         sys.exit(1)
 
