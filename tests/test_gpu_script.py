@@ -322,6 +322,11 @@ def test_a_run_finished_in_the_work_folder_is_not_trained_again(tiny_run, tiny_o
     assert second["train"] == first["train"] and second["test"]["test"] == first["test"]["test"]
     assert second["probe"] == first["probe"] and "probing" not in log  # probed once
     assert not (work / "runs" / VARIANTS[0] / "stale").exists()  # nothing was set aside and retrained
+    # brought back and kept, a finished run is not staged again (it would train from step 0 elsewhere)
+    script("unpack", "--from", tmp_path / "out2", "--to", tmp_path / "kept", cwd=tmp_path)
+    refused = call("prepare", "--stage", stage, "--params", REPO / "params.yaml", REPO / "config/tiny.yaml",
+                   tiny_override, "--variants", VARIANTS[0], "--runs", tmp_path / "kept", cwd=tiny_run)
+    assert refused.returncode == 1 and f"Leave {VARIANTS[0]} out of --variants" in refused.stderr
 
 
 KEPT = sorted((REPO / "checkpoints/musicslots").glob("*/config.json"))

@@ -88,6 +88,9 @@ def prepare(args) -> None:
             "config", "train-musicslots", "--dataset", DATASET, "--variant", variant, "--seed", str(args.seed),
             *params)))
     for variant in args.variants if args.runs else ():
+        if (Path(args.runs) / variant / "train.json").exists():
+            sys.exit(f"{Path(args.runs) / variant} has finished (train.json): staged, it would train again from step "
+                     f"0 there. Leave {variant} out of --variants")
         check_continued(Path(args.runs) / variant, configs[variant], args.params)
     for name in (*INPUTS, *PACKED.values(), "runs.json"):  # what an earlier stage may hold
         (stage / name).unlink(missing_ok=True)
