@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from musicdecomp.errors import UserError
+from musicdecomp.config import step_config
 from musicdecomp.eval.musicslots import evaluate_run
+from musicdecomp.eval.probes import probe_run
 from musicdecomp.train.ingest import TAG, ingest_run
 from musicdecomp.train.loop import compact_checkpoint
 from musicdecomp.train.musicslots import train_musicslots
@@ -50,6 +52,7 @@ def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, 
     torch.save({**last, "code": {**last["code"], "models/encoder.py": "0" * 16}}, run / "ckpt/last.pt")
     train_musicslots(cfg, data, run, device="cpu")
     test = evaluate_run(run, data, run / "test.json", run / "test.png", device="cpu", audio_dir=run / "test_audio")
+    probe = probe_run(step_config(tiny_params, "probe"), run, data, run / "probe.json", device="cpu")  # as on a GPU
     second = ingest_run(run, tracking, tmp_path / "artifacts")
     found = mlflow.search_runs(experiment_names=["gpu"])
     assert list(found["run_id"]) == [second] and second != first
@@ -57,8 +60,10 @@ def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, 
     assert row["status"] == "FINISHED" and row["metrics.test/miou"] == pytest.approx(test["test"]["miou"])
     assert row["tags.code_changed_at_steps"] == "4"  # as the training's own MLflow run would be tagged
     assert row["tags.compact_resumes_at_steps"] == "4"
+    assert row["metrics.test/acc_chord"] == pytest.approx(probe["test"]["chord"])  # as the probe step logs it
     assert [m.step for m in client.get_metric_history(second, "val/miou")] == [2, 4, 6]
-    assert {"best.pt", "train.json", "test.png", "test_audio"} <= {a.path for a in client.list_artifacts(second)}
+    assert {"best.pt", "train.json", "test.png", "test_audio", "probe.json"} <= {
+        a.path for a in client.list_artifacts(second)}
     assert "test_audio/index.json" in {a.path for a in client.list_artifacts(second, "test_audio")}
     assert client.get_run(first).info.lifecycle_stage == "deleted"
 

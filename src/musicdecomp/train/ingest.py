@@ -28,7 +28,8 @@ TAG = "musicdecomp.ingested"
 SOURCE_TAG = "musicdecomp.ingested_from"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 ARTIFACTS = ("best.pt", "ckpt/best.pt", "train.json", "progress.json", "test.json", "test.png", "curves.png",
-             "train.log", "eval.log", "metrics.jsonl", "test_audio")  # test_audio/: eval-musicslots --audio-dir
+             "train.log", "eval.log", "metrics.jsonl", "test_audio",  # test_audio/: eval-musicslots --audio-dir
+             "probe.json", "probe.log")
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -61,9 +62,10 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
     if "run_name" not in cfg:
         raise UserError(f"{run_dir / 'config.json'} has no run_name: is this a training run folder?")
     rows = read_metrics(run_dir / "metrics.jsonl")
-    progress, test = ({} if not (run_dir / name).exists() else read_json(run_dir / name, fix) for name, fix in (
-        ("progress.json", "train the run again to its next checkpoint"),
-        ("test.json", "evaluate the run again (eval-musicslots)")))
+    progress, test, probe = ({} if not (run_dir / name).exists() else read_json(run_dir / name, fix)
+                             for name, fix in (("progress.json", "train the run again to its next checkpoint"),
+                                               ("test.json", "evaluate the run again (eval-musicslots)"),
+                                               ("probe.json", "probe the run again (probe)")))
     finished = (run_dir / "train.json").exists()
     try:
         from mlflow.entities import Metric, Param
@@ -100,6 +102,9 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
             at = int(test.get("best_step", progress.get("step", 0)))
             metrics += [Metric(f"test/{k}", float(test["test"][k]), now, at)
                         for k in ("note_mse", "miou") if k in test["test"]]
+        if probe.get("test"):  # named as the pipeline's probe step logs them into the training's run
+            at = int(test.get("best_step", progress.get("step", 0)))
+            metrics += [Metric(f"test/acc_{k}", float(v), now, at) for k, v in probe["test"].items()]
         for i in range(0, len(metrics), BATCH):
             client.log_batch(run_id, metrics=metrics[i:i + BATCH])
         if not (run_dir / "curves.png").exists() and rows:
