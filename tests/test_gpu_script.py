@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from musicdecomp.config import load_params, step_config
-from musicdecomp.train.loop import COMPACT, SPEED_OPTIONS
+from musicdecomp.train.loop import COMPACT, SPEED_OPTIONS, read_best
 
 from conftest import REPO, tool_env
 
@@ -119,11 +119,11 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
         assert summary["runs"][variant]["progress"]["compact_resumes"] == [stopped_at[variant]]
 
     # bringing the second part back into the first's folder: selection spans both parts, nothing stale stays
-    first_best = {v: gpu.read_best(back / v / "ckpt/best.pt") for v in VARIANTS}
+    first_best = {v: read_best(back / v / "ckpt/best.pt") for v in VARIANTS}
     script("unpack", "--from", out2, "--to", back, cwd=tmp_path)
     for variant in VARIANTS:
         run, second = back / variant, summary["runs"][variant]
-        score, step = gpu.read_best(run / "ckpt/best.pt")
+        score, step = read_best(run / "ckpt/best.pt")
         assert score == max(first_best[variant][0], second["progress"]["best_val_score"])
         assert json.loads((run / "test.json").read_text())["best_step"] == step
         progress = json.loads((run / "progress.json").read_text())
@@ -149,7 +149,7 @@ def test_a_run_kept_in_git_continues_in_place_with_its_best_checkpoint(tiny_run,
     kept = repo / "checkpoints/musicslots"
     script("unpack", "--from", tmp_path / "out1", "--to", kept, cwd=tmp_path)
     first_step = json.loads((kept / variant / "progress.json").read_text())["step"]
-    first_best = gpu.read_best(kept / variant / "ckpt/best.pt")
+    first_best = read_best(kept / variant / "ckpt/best.pt")
     (repo / ".gitignore").write_text("/results\n/.gpu*/\n")
     (repo / "results").symlink_to(tiny_run / "results")
     for git in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "kept"]):
@@ -198,7 +198,7 @@ def _part(folder, step, best_step, score, *, last=True):
 def test_unpack_keeps_the_better_best_checkpoint_across_parts(tmp_path):
     dst = _part(tmp_path / "runs/none", step=40, best_step=30, score=0.9)
     gpu.place_run(_part(tmp_path / "in1/none", step=80, best_step=60, score=0.8), dst)  # continued, worse
-    assert gpu.read_best(dst / "ckpt/best.pt") == (0.9, 30)
+    assert read_best(dst / "ckpt/best.pt") == (0.9, 30)
     assert json.loads((dst / "test.json").read_text())["best_step"] == 30
     assert (dst / "test.png").read_text() == "figure of step 30"
     progress = json.loads((dst / "progress.json").read_text())
@@ -206,7 +206,7 @@ def test_unpack_keeps_the_better_best_checkpoint_across_parts(tmp_path):
     assert torch.load(dst / "ckpt/last.pt", weights_only=True)["step"] == 80
 
     gpu.place_run(_part(tmp_path / "in2/none", step=100, best_step=95, score=0.95), dst)  # better: it replaces
-    assert gpu.read_best(dst / "ckpt/best.pt") == (0.95, 95)
+    assert read_best(dst / "ckpt/best.pt") == (0.95, 95)
     assert json.loads((dst / "test.json").read_text())["best_step"] == 95
 
     gpu.place_run(_part(tmp_path / "in3/none", step=50, best_step=50, score=0.99), dst)  # an older part
@@ -216,7 +216,7 @@ def test_unpack_keeps_the_better_best_checkpoint_across_parts(tmp_path):
     finished = _part(tmp_path / "in4/none", step=120, best_step=110, score=0.9, last=False)  # finished, worse
     (finished / "ckpt/best.pt").rename(finished / "best.pt")  # packed with its best model once, as best.pt
     gpu.place_run(finished, dst)
-    assert gpu.read_best(dst / "best.pt") == (0.95, 95) and not (dst / "ckpt/best.pt").exists()
+    assert read_best(dst / "best.pt") == (0.95, 95) and not (dst / "ckpt/best.pt").exists()
     assert json.loads((dst / "test.json").read_text())["best_step"] == 95
 
 

@@ -20,9 +20,9 @@ ends (or finish), evaluates each one's best checkpoint on the test split, probes
 linear pitch and instrument probes on its matched slots, ``probe.json``; when a minute of the budget is left, else in
 the next call), and writes into ``--out``: ``summary.json`` (steps, throughput, validation and test metrics and
 probe accuracies per run), the throughput record, and per run a tar of its folder (best checkpoint, metrics.jsonl,
-curves, test.json/png, probe.json, logs). ``--keep-last`` adds ckpt/last.pt
-(weights, optimiser, random streams: 42 MB at paper size), and files over ``--part-mib`` are split into numbered
-parts, since a file brought back is at most 16 MiB.
+curves, test.json/png, probe.json, logs). ``--keep-last`` adds a compact copy of ckpt/last.pt (weights,
+optimiser, random streams: 28 MB at paper size, see below) to a run that has not finished, and files over
+``--part-mib`` are split into numbered parts, since a file brought back is at most 16 MiB.
 
 A stopped run continues with the same command where its folder still exists (a machine kept warm), or on a fresh
 machine from a checkpoint brought back (``--keep-last`` brings it back as a compact copy: Adam's moments in
@@ -106,7 +106,7 @@ def prepare(args) -> None:
         src = Path(args.runs) / variant
         if not (src / "ckpt/last.pt").exists():
             continue
-        step = json.loads((src / "progress.json").read_text())["step"]
+        step = step_of(src)
         tracked = tracked_path(src)
         if tracked is not None:  # it travels with the repository: named, not copied
             in_place[variant] = tracked
@@ -164,23 +164,26 @@ def check_travel(repo: Path, stage: Path, limit_mib: float) -> None:
 def pack_file(src: Path, dst: Path) -> None:
     """Compress ``src`` losslessly: its bytes regrouped by position in 4-byte words (float32 data compresses much
     better so), then zlib. ``unpack_file`` restores it byte for byte."""
+    from musicdecomp.io import atomic_path
+
     data = src.read_bytes()
     padded = data + bytes(-len(data) % 4)
     lanes = b"".join(padded[i::4] for i in range(4))
-    dst.write_bytes(len(data).to_bytes(8, "little") + zlib.compress(lanes, 6))
+    with atomic_path(dst) as tmp:
+        tmp.write_bytes(len(data).to_bytes(8, "little") + zlib.compress(lanes, 6))
 
 
 def unpack_file(src: Path, dst: Path) -> None:
+    from musicdecomp.io import atomic_path
+
     raw = src.read_bytes()
     size, lanes = int.from_bytes(raw[:8], "little"), zlib.decompress(raw[8:])
     n = len(lanes) // 4
     words = bytearray(len(lanes))
     for i in range(4):
         words[i::4] = lanes[i * n:(i + 1) * n]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.write_bytes(bytes(words[:size]))
-    tmp.replace(dst)
+    with atomic_path(dst) as tmp:
+        tmp.write_bytes(bytes(words[:size]))
 
 
 def check_continued(run: Path, cfg: dict, params: list[str]) -> None:
@@ -371,7 +374,7 @@ def run(args) -> None:
             if (run_dir / name).exists():
                 entry[name.removesuffix(".json")] = json.loads((run_dir / name).read_text())
         summary["runs"][variant] = entry
-        pack_run(run_dir, out / f"{variant}.tar", keep_last=args.keep_last and "train" not in entry)
+        pack_run(run_dir, out / f"{variant}.tar", keep_last=args.keep_last)
         split_large(out / f"{variant}.tar", int(args.part_mib * 2**20))
     summary["wall_seconds"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -418,7 +421,7 @@ def speed_options(requested: list[str], bench: dict, mask: str, stride: int) -> 
 def pack_run(run_dir: Path, tar_path: Path, keep_last: bool) -> None:
     """Tar a run folder to bring it back: with ``keep_last``, a compact copy of ckpt/last.pt (a finished run needs
     no optimiser state: never); a finished run's ckpt/best.pt only once, as best.pt."""
-    finished = (run_dir / "best.pt").exists()
+    finished = (run_dir / "train.json").exists()  # then best.pt holds its best model
 
     def leave_out(member: tarfile.TarInfo):
         name = member.name.split("/", 1)[-1]
@@ -426,7 +429,7 @@ def pack_run(run_dir: Path, tar_path: Path, keep_last: bool) -> None:
 
     with tarfile.open(tar_path, "w") as tar:
         tar.add(run_dir, arcname=run_dir.name, filter=leave_out)
-        if keep_last and (run_dir / "ckpt/last.pt").exists():
+        if keep_last and not finished and (run_dir / "ckpt/last.pt").exists():
             from musicdecomp.train.loop import compact_checkpoint
 
             with tempfile.TemporaryDirectory() as tmp:
@@ -489,14 +492,6 @@ def best_file(run: Path) -> Path | None:
     return next((run / name for name in BEST_FILES if (run / name).exists()), None)
 
 
-def read_best(path: Path) -> tuple[float, int]:
-    """(validation score, step) of a best-model file."""
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return float(state["val"]["score"]), int(state["step"])
-
-
 def place_run(new: Path, dst: Path) -> None:
     """Move a run folder brought back to ``dst``. Where ``dst`` already holds an earlier part of the same run (an
     earlier session), the new folder replaces it (a stale ckpt/last.pt must not survive beside a newer progress.json),
@@ -504,6 +499,8 @@ def place_run(new: Path, dst: Path) -> None:
     machine, since only ckpt/last.pt travels there, so the earlier best checkpoint is kept, with its test evaluation,
     when its validation score is higher. (A run continued in place from checkpoints/ took its best checkpoint along.)
     A finished run keeps its best model once, as best.pt."""
+    from musicdecomp.train.loop import read_best
+
     name = dst.name
     if dst.exists():
         step_new, step_old = (json.loads((d / "progress.json").read_text())["step"] for d in (new, dst))

@@ -113,6 +113,12 @@ def load_checkpoint(path: str | Path, missing: str = "train the run first") -> d
     return state
 
 
+def read_best(path: str | Path) -> tuple[float, int]:
+    """(validation score, step) of a best-model file (``ckpt/best.pt`` or ``best.pt``)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return float(state["val"]["score"]), int(state["step"])
+
+
 # what a run folder holds of its training (set aside together when a run starts over)
 RUN_STATE = ("ckpt", "best.pt", "train.json", "config.json", "metrics.jsonl", "progress.json", "curves.png",
              "test.json", "test.png", "test_audio", "probe", "probe.json")
@@ -236,11 +242,10 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
                      "uninterrupted run", cfg["run_name"], state["compact"])
         tags = {**(tags or {}), **resume_tags(code_changes, compact_resumes)}
         if best_path.exists():  # the best model on disk is what a later one must beat (it may have come from
-            kept = torch.load(best_path, map_location="cpu", weights_only=True)  # another machine with last.pt)
-            if (kept["val"]["score"], kept["step"]) != (best, best_step):
-                log.info("model selection continues against %s (step %d, score %.4f)", best_path, kept["step"],
-                         kept["val"]["score"])
-            best, best_step = kept["val"]["score"], kept["step"]
+            kept = read_best(best_path)  # another machine with last.pt)
+            if kept != (best, best_step):
+                log.info("model selection continues against %s (step %d, score %.4f)", best_path, kept[1], kept[0])
+            best, best_step = kept
         elif best_step >= 0:  # e.g. only ckpt/last.pt was carried to another machine
             log.warning("%s is missing: model selection starts again at the next validation", best_path)
             best, best_step = float("-inf"), -1
