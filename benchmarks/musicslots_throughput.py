@@ -1,13 +1,14 @@
 """Training throughput of MusicSlots (steps/s at batch 32) on the current device, for each mask type and
 time stride, with the paper-size model. Writes a JSON record named after the device into benchmarks/.
 
-    python benchmarks/musicslots_throughput.py [--steps 30] [--amp bf16] [--out benchmarks/]
+    python benchmarks/musicslots_throughput.py [--steps 30] [--amp fp16] [--out benchmarks/]
     python benchmarks/musicslots_throughput.py --masks none --strides 1 --speed   # the speed options too
 
 Synthetic dB chords (the speed does not depend on the data); the timed loop is the real training step
 (forward, power-domain mixing, MSE, backward, clipping, Adam; fused Adam on CUDA) under the same autocast as
-training. ``--speed`` also times every combination of the training's speed options (``--channels-last``,
-``--cudnn-benchmark``; musicdecomp.train.loop) and records the fastest per model as ``best_speed``.
+training (``--amp fp16`` with its loss scaling, musicdecomp.train.loop.Update). ``--speed`` also times every
+combination of the training's speed options (``--channels-last``, ``--cudnn-benchmark``; musicdecomp.train.loop)
+and records the fastest per model as ``best_speed``.
 ``--profile`` adds the device's top kernels for the first model (torch.profiler) to the record.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from musicdecomp.models.musicslots import MusicSlots
-from musicdecomp.train.loop import autocast, pick_device
+from musicdecomp.train.loop import Update, autocast, pick_device
 
 from benchlib import device_name, timed, write_record
 
@@ -34,16 +35,13 @@ def make_step(mask: str, stride: int, batch: int, amp: str, device: torch.device
     if channels_last:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4, fused=device.type == "cuda")
+    update = Update(model, opt, device, amp, 1.0)
     x = torch.rand(batch, 1, 128, 32, device=device) * 80 - 90
 
     def step():
         with autocast(device, amp):
             out = model(x)
-        loss = torch.nn.functional.mse_loss(out["recon"].float(), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        update(torch.nn.functional.mse_loss(out["recon"].float(), x))
 
     return step
 
@@ -78,7 +76,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--amp", default="bf16", choices=["bf16", "none"])
+    p.add_argument("--amp", default="fp16", choices=["fp16", "bf16", "none"])
     p.add_argument("--device", default="auto")
     p.add_argument("--masks", nargs="+", default=["none", "sigmoid", "softmax"],
                    choices=["none", "sigmoid", "softmax"])

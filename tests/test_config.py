@@ -64,7 +64,7 @@ def test_tiny_config_only_shrinks_the_run(tiny_params, params):
     (("codec", "source"), "download", "codec.source = 'download' is out of range"),
     (("stems", "sample_rate"), 16000, "needs 24000"),
     (("musicslots", "eval", "iters"), 0, "musicslots.eval.iters = 0 is out of range"),
-    (("musicslots", "eval", "amp"), "fp16", "musicslots.eval.amp = 'fp16'"),
+    (("musicslots", "eval", "amp"), "fp8", "musicslots.eval.amp = 'fp8'"),
 ])
 def test_out_of_range_params_name_the_key(params, key, value, words):
     bad = deep_merge(params, {})

@@ -98,6 +98,24 @@ def test_attention_normalisations():
         SlotAttention(attention="other")
 
 
+def test_sharp_official_attention_stays_finite_in_float16():
+    """Under float16 autocast an input whose attention underflows to 0 in every slot must not make the official
+    renormalisation 0/0: the softmax and renormalisation run in float32 (CPU's autocast would keep float16)."""
+    torch.manual_seed(0)
+    sa = SlotAttention(num_slots=4, dim=16, iters=2, attention="official")
+    with torch.no_grad():
+        sa.to_q.weight.mul_(40)  # logits of several hundred: exp underflows float16 (and float32) for most inputs
+    inputs = torch.randn(2, 50, 16)
+    with torch.autocast("cpu", dtype=torch.float16):
+        slots, attn = sa(inputs, torch.Generator().manual_seed(1))
+        logits = torch.einsum("bkd,bnd->bkn", sa.to_q(sa.norm_slots(slots)), sa.to_k(sa.norm_inputs(inputs)))
+    assert logits.dtype == torch.float16 and (logits.amax(-1) - logits.amin(-1)).min() > 100
+    assert attn.dtype == torch.float32 and torch.isfinite(attn).all() and torch.isfinite(slots).all()
+    assert (attn == 0).any()  # inputs no slot attends to, the case that was 0/0
+    ref_slots, ref_attn = sa(inputs, torch.Generator().manual_seed(1))  # float32: the same noise, same slots
+    assert torch.allclose(slots.float(), ref_slots, rtol=0.05, atol=0.05)
+
+
 def test_implicit_differentiation_detaches_the_iterations():
     inputs = torch.randn(2, 30, 16)
     for implicit in (True, False):

@@ -16,7 +16,7 @@ from musicdecomp.eval.musicslots import evaluate_run
 from musicdecomp.eval.tables import table1
 from musicdecomp.pipeline import STEPS
 from musicdecomp.sweep import musicslots_runs, train_config, variant_model, variant_name
-from musicdecomp.train.loop import COMPACT, compact_checkpoint
+from musicdecomp.train.loop import COMPACT, Update, compact_checkpoint
 from musicdecomp.train.musicslots import train_musicslots
 from musicdecomp.train.schedule import learning_rate
 
@@ -243,6 +243,47 @@ def test_channels_last_trains_the_same_model_and_can_switch_between_calls(tiny_r
     assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
     with pytest.raises(UserError, match="unknown speed options"):
         train_musicslots(cfg, data, tmp_path / "other", device="cpu", speed={"compile": True})
+
+
+def test_fp16_loss_scaling_trains_the_float32_model_on_cpu_and_is_resumed(tiny_run, tiny_params, tmp_path):
+    """amp: fp16 scales the loss (GradScaler). On CPU the forward pass stays float32, where scaling by a power of
+    two and unscaling before the clip change nothing: the same weights as amp: none. The scale is logged and
+    checkpointed, and a run resumed from its checkpoint ends as the uninterrupted one."""
+    data = tiny_run / "results/data/jsb_multi"
+    plain = train_musicslots(tiny_cfg(tiny_params, amp="none", log_every=1), data, tmp_path / "none", device="cpu",
+                             threads=1)
+    cfg = tiny_cfg(tiny_params, amp="fp16", log_every=1)
+    scaled = train_musicslots(cfg, data, tmp_path / "fp16", device="cpu", threads=1)
+    assert scaled["best_step"] == plain["best_step"]
+    a = torch.load(tmp_path / "none/ckpt/last.pt", weights_only=True)
+    b = torch.load(tmp_path / "fp16/ckpt/last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["scaler"] == {} and b["scaler"]["scale"] == 2.0 ** 16 and b["scaler"]["_growth_tracker"] == 6
+    rows = [json.loads(line) for line in (tmp_path / "fp16/metrics.jsonl").read_text().splitlines()]
+    assert [r["train/loss_scale"] for r in rows if "train/loss" in r] == [2.0 ** 16] * 6
+    assert train_musicslots(cfg, data, tmp_path / "resumed", device="cpu", threads=1, stop_after=4) == {
+        "stopped_at": 4}
+    assert torch.load(tmp_path / "resumed/ckpt/last.pt", weights_only=True)["scaler"]["_growth_tracker"] == 4
+    train_musicslots(cfg, data, tmp_path / "resumed", device="cpu", threads=1)
+    c = torch.load(tmp_path / "resumed/ckpt/last.pt", weights_only=True)
+    assert c["scaler"] == b["scaler"] and all(torch.equal(c["model"][k], b["model"][k]) for k in b["model"])
+
+
+def test_fp16_update_skips_overflowed_steps_and_stops_when_the_scale_collapses():
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    update = Update(model, opt, torch.device("cpu"), "fp16", 1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.ones(2, 3)
+    assert not torch.isfinite(update(model(x).sum() * 1e36))  # x 65536 overflows float32: the step is skipped
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert update.log_values("run") == {"train/loss_scale": 2.0 ** 15}  # and the scale halved
+    assert float(update(model(x).sum())) == 4.0  # the norm of the unscaled gradients ((2, 2, 2), 2)
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    update.scaler.update(2.0 ** -15)
+    with pytest.raises(UserError, match="loss scale fell to .*train with amp: bf16"):
+        update.log_values("run")
+    assert Update(model, opt, torch.device("cpu"), "bf16", 1.0).log_values("run") == {}
 
 
 def test_mlflow_run_is_logged_and_continued(tiny_run, tiny_params, tmp_path, monkeypatch):

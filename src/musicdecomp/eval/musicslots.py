@@ -28,7 +28,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path
     result says how many). ``audio_dir``: WAV files of the figure's chords, reconstructions, slots and matched
     notes (Griffin-Lim from the mel spectrograms; see ``listen.py``). The test result also holds the metrics per
     chord size (``by_notes``) and those of the ground-truth notes as slots (``oracle``: the floor of note MSE).
-    ``amp``: the precision on CUDA (``none``: float32, the default; ``bf16``: the training's autocast), recorded
+    ``amp``: the precision on CUDA (``none``: float32, the default; ``bf16`` or ``fp16``: autocast), recorded
     as ``test_amp``; the same weights score differently in bf16 (the step-76,000 GPU checkpoint: note MSE 17.8
     in bf16 on the GPU, 17.45 in float32 on CPU)."""
     run_dir, data_dir = Path(run_dir), Path(data_dir)

@@ -144,7 +144,7 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
     return rows
 
 
-_PRECISION = {"none": "float32", "bf16": "bf16"}  # test.json's test_amp (musicslots.eval.amp)
+_PRECISION = {"none": "float32", "bf16": "bf16", "fp16": "fp16"}  # test.json's test_amp (musicslots.eval.amp)
 
 
 def _other_settings(model: dict) -> dict:

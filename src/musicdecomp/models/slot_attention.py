@@ -39,7 +39,9 @@ class SlotAttention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """(B, K, D), (B, N, D) -> attention (B, K, N) and the weights that make the updates."""
-        logits = torch.einsum("bkd,bnd->bkn", q, k)
+        logits = torch.einsum("bkd,bnd->bkn", q, k).float()  # normalised in float32 under any autocast: in
+        # float16 the official variant's attention of an input underflows to 0 in every slot, and 0 / (0 + eps) is
+        # NaN (eps = 1e-8 is 0 in float16); CUDA's autocast runs softmax in float32 anyway, CPU's does not
         if self.attention == "standard":
             attn = torch.softmax(logits * self.dim ** -0.5, dim=1) + self.eps  # slots compete for inputs
             return attn, attn / attn.sum(dim=-1, keepdim=True)  # weighted mean over inputs
@@ -52,7 +54,7 @@ class SlotAttention(nn.Module):
         b = inputs.shape[0]
         inputs = self.norm_inputs(inputs)
         k, v = self.to_k(inputs), self.to_v(inputs)
-        noise = torch.randn((b, self.num_slots, self.dim), device=inputs.device, dtype=inputs.dtype,
+        noise = torch.randn((b, self.num_slots, self.dim), device=inputs.device, dtype=self.mu.dtype,
                             generator=generator)
         slots = self.mu + self.log_sigma.exp() * noise
         attn = None

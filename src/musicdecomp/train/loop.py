@@ -3,10 +3,10 @@
 A task gives the loop three functions: ``sample(generator)`` draws a batch, ``loss(batch, generator)``
 returns the loss to minimise (and extra values to log), ``validate()`` returns metrics with a ``score``
 (higher is better) that selects the best model. The loop owns the rest: Adam with warm-up x cosine learning
-rate, gradient clipping, bf16 autocast on CUDA, logging (metrics.jsonl and MLflow), the best checkpoint, and
-resuming: rerunning continues from ``<run>/ckpt/last.pt`` (every ``checkpoint_every`` steps and at least every
-``checkpoint_minutes``), restoring weights, optimiser and random streams, so an interrupted run ends
-bit-identical to an uninterrupted one on the same device.
+rate, gradient clipping, autocast on CUDA (``amp``: bf16, or fp16 with loss scaling, see ``Update``), logging
+(metrics.jsonl and MLflow), the best checkpoint, and resuming: rerunning continues from ``<run>/ckpt/last.pt``
+(every ``checkpoint_every`` steps and at least every ``checkpoint_minutes``), restoring weights, optimiser, loss
+scale and random streams, so an interrupted run ends bit-identical to an uninterrupted one on the same device.
 
 Only an interrupted run with the same configuration and data (``data_id``) is resumed. If the code it depends on
 (``code``: a hash per file) changed meanwhile, it is still resumed, since a requeued job must not lose hours of
@@ -69,10 +69,56 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the ``amp`` settings that autocast (on CUDA); "none": off
+
+
 def autocast(device: torch.device, amp: str):
-    if device.type == "cuda" and amp == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """The forward pass's precision: ``amp`` (bf16 or fp16) autocast on CUDA; float32 on CPU and for "none"."""
+    if device.type == "cuda" and amp in AMP:
+        return torch.autocast("cuda", dtype=AMP[amp])
     return torch.autocast(device.type, enabled=False)
+
+
+class Update:
+    """The backward pass, gradient clipping and the optimiser step of one training step.
+
+    Under ``amp: fp16`` the loss is scaled (``torch.amp.GradScaler``: the official MusicSlots code's "16-mixed"),
+    so that small gradients do not vanish in float16, and the gradients are unscaled before clipping; a step
+    whose gradients overflowed is skipped and the scale halved. The scaler runs on every device, CPU included,
+    where the forward pass stays in float32 and scaling by a power of two changes nothing (tested), so its
+    bookkeeping and its checkpointed state are exercised everywhere. For bf16 and float32 it is a plain
+    backward-clip-step. Fused Adam (CUDA) skips overflowed steps on the device, without a host sync.
+    """
+
+    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, device: torch.device, amp: str,
+                 grad_clip: float | None):
+        self.params, self.opt, self.clip = list(model.parameters()), opt, grad_clip or float("inf")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+    def __call__(self, loss: torch.Tensor) -> torch.Tensor:
+        """Returns the (unscaled) gradient norm before clipping."""
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return grad_norm
+
+    def log_values(self, run_name: str) -> dict:
+        """What to log with the loss (a host sync: call it at logging steps only). Raises when the loss scale has
+        collapsed, i.e. the gradients overflow float16 at (nearly) every step, which would otherwise skip every
+        update while the run looks alive."""
+        if not self.scaler.is_enabled():
+            return {}
+        scale = self.scaler.get_scale()
+        if scale < MIN_LOSS_SCALE:
+            raise UserError(f"{run_name}: the fp16 loss scale fell to {scale:.3g}: the gradients overflow float16 at "
+                            f"nearly every step, so no update is made; train with amp: bf16 (or none) instead")
+        return {"train/loss_scale": scale}
+
+
+MIN_LOSS_SCALE = 2.0 ** -14  # 30 halvings below the start (2^16): float16's smallest normal number
 
 
 SPEED_OPTIONS = ("channels_last", "cudnn_benchmark")
@@ -207,6 +253,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = speed["cudnn_benchmark"]
     opt = torch.optim.Adam(model.parameters(), lr=tc["lr"], fused=device.type == "cuda")
+    update = Update(model, opt, device, tc["amp"], tc["grad_clip"])
     data_gen = torch.Generator(device=device).manual_seed(cfg["seed"])
     noise_gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 1)
     ckpt_path, best_path = run_dir / "ckpt" / "last.pt", run_dir / "ckpt" / "best.pt"
@@ -222,6 +269,8 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # fp16's loss scale (absent before it existed, and for other precisions)
+            update.scaler.load_state_dict(state["scaler"])
         data_gen.set_state(state["data_gen"])
         noise_gen.set_state(state["noise_gen"])
         torch.set_rng_state(state["torch_rng"])
@@ -266,6 +315,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
         t0 = time.perf_counter()
         wall = t0 - t_start
         save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": cfg,
+                         "scaler": update.scaler.state_dict(),
                          "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state(),
                          "torch_rng": torch.get_rng_state(), "best_score": best, "best_step": best_step,
                          "mlflow_run_id": tracker.run_id, "elapsed": elapsed + wall, "data_id": data_id,
@@ -287,10 +337,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
             batch = sample(data_gen)
             with autocast(device, tc["amp"]):
                 value, extra = loss(batch, noise_gen)
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"] or float("inf"))
-            opt.step()
+            grad_norm = update(value)
             step += 1
             steps_here += 1
             if step % tc["log_every"] == 0 or step == tc["steps"]:  # the only host sync of a step (GPU)
@@ -298,6 +345,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
                     raise UserError(f"{cfg['run_name']}: training diverged by step {step} (loss {value.item()}); "
                                     f"lower the learning rate or check the data")
                 tracker.log({"train/loss": value.item(), "train/grad_norm": float(grad_norm), "train/lr": lr,
+                             **update.log_values(cfg["run_name"]),
                              **{f"train/{k}": float(v) for k, v in extra.items()}}, step)
             if step % tc["eval_every"] == 0 or step == tc["steps"]:
                 sync()

@@ -1,6 +1,6 @@
 """Train MusicSlots: MSE in dB between the chord and its slot mixture; select on validation mIoU.
 
-The loop (Adam, warm-up x cosine, clipping, bf16 on CUDA, checkpoints, resuming, MLflow) is
+The loop (Adam, warm-up x cosine, clipping, fp16 or bf16 autocast on CUDA, checkpoints, resuming, MLflow) is
 ``musicdecomp.train.loop``; this module supplies the batches, the loss and the validation.
 """
 
