@@ -344,3 +344,30 @@ def test_runs_kept_in_git_continue_with_params_yaml(config):
                            trained["variant"], trained["seed"])
     # exits naming the differing keys; passes a finished run (best.pt only, no ckpt/last.pt: not continued)
     gpu.check_continued(config.parent, resolved, ["params.yaml"])
+
+
+def test_training_record_names_the_precision_and_draws_a_baseline(tmp_path):
+    """benchmarks/training_record.py: each run's training precision and attention come from its config.json; an
+    earlier record passed as --baseline is drawn beside it and named in the record (older records: bf16)."""
+    run = tmp_path / "runs/none-t2-imp_true-k7"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"train": {"amp": "fp16"}, "model": {"attention": "official"}}))
+    (run / "progress.json").write_text(json.dumps({
+        "run_name": "jsb_multi/none-t2-imp_true-k7/seed0", "step": 2000, "steps": 100000, "steps_per_second": 75.0,
+        "wall_seconds": 30.0, "device": "NVIDIA H200", "speed": {"channels_last": True}}))
+    (run / "test.json").write_text(json.dumps({"best_step": 2000, "test": {"note_mse": 200.0, "miou": 0.3}}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "val/miou": 0.1 * s / 1000,
+                                                           "val/note_mse": 300.0 - s / 10}) + "\n"
+                                               for s in (1000, 2000)))
+    earlier = REPO / "benchmarks/musicslots_training_t2_official_nvidia_h200.json"
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks/training_record.py"), str(run), "--out",
+                          str(tmp_path), "--prefix", "rec", "--baseline", str(earlier)],
+                         capture_output=True, text=True, env=tool_env())
+    assert out.returncode == 0, out.stderr
+    record = json.loads((tmp_path / "rec_nvidia_h200.json").read_text())
+    (rec,) = record["runs"]
+    assert (rec["amp"], rec["attention"], rec["steps"]) == ("fp16", "official", 2000)
+    assert rec["validation"] == [{"step": 1000, "miou": 0.1, "note_mse": 200.0},
+                                 {"step": 2000, "miou": 0.2, "note_mse": 100.0}]
+    assert record["baseline"] == [str(earlier)] and "amp" not in json.loads(earlier.read_text())["runs"][0]
+    assert (tmp_path / "rec_nvidia_h200.png").stat().st_size > 10_000
