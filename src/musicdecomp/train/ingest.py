@@ -98,12 +98,11 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
         now = int(time.time() * 1000)
         metrics = [Metric(metric_key(k), float(v), now, int(r["step"]))
                    for r in rows for k, v in r.items() if k != "step"]
+        at = int(test.get("best_step", progress.get("step", 0)))  # the step of the model tested and probed
         if test.get("test"):
-            at = int(test.get("best_step", progress.get("step", 0)))
             metrics += [Metric(f"test/{k}", float(test["test"][k]), now, at)
                         for k in ("note_mse", "miou") if k in test["test"]]
         if probe.get("test"):  # named as the pipeline's probe step logs them into the training's run
-            at = int(test.get("best_step", progress.get("step", 0)))
             metrics += [Metric(f"test/acc_{k}", float(v), now, at) for k, v in probe["test"].items()]
         for i in range(0, len(metrics), BATCH):
             client.log_batch(run_id, metrics=metrics[i:i + BATCH])

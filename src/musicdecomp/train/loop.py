@@ -79,6 +79,10 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, enabled=False)
 
 
+MIN_LOSS_SCALE = 2.0 ** -14  # 30 halvings below the start (2^16): float16's smallest normal number; below it the
+# gradients overflow at nearly every step
+
+
 class Update:
     """The backward pass, gradient clipping and the optimiser step of one training step.
 
@@ -116,9 +120,6 @@ class Update:
             raise UserError(f"{run_name}: the fp16 loss scale fell to {scale:.3g}: the gradients overflow float16 at "
                             f"nearly every step, so no update is made; train with amp: bf16 (or none) instead")
         return {"train/loss_scale": scale}
-
-
-MIN_LOSS_SCALE = 2.0 ** -14  # 30 halvings below the start (2^16): float16's smallest normal number
 
 
 SPEED_OPTIONS = ("channels_last", "cudnn_benchmark")
