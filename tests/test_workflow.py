@@ -77,6 +77,25 @@ def test_tiny_sweep_trains_every_variant_and_makes_table1(tiny_all, tiny_params)
     assert "| EnCodec architecture, trained here | 1.5 | drums_bass | mix |" in table and "4.7" in table
 
 
+def test_baseline_record_keeps_table2_rows_of_the_runs(tiny_all, tmp_path):
+    """benchmarks/baseline_record.py: the CNN runs' per-seed test accuracies and their Table 2 row, the same row
+    the pipeline's tables step wrote, in a record that outlives results/."""
+    runs = sorted((tiny_all / "results/baselines/jsb_multi/cnn").glob("seed*"))
+    assert len(runs) == 2
+    run([sys.executable, str(REPO / "benchmarks/baseline_record.py"), *map(str, runs), "--prefix", "cnn",
+         "--out", str(tmp_path)], cwd=tmp_path)
+    (record,) = tmp_path.glob("cnn_cpu*.json")
+    rec = json.loads(record.read_text())
+    probes = [json.loads((r / "probe.json").read_text()) for r in runs]
+    assert [r["test"] for r in rec["runs"]] == [{k: round(v, 4) for k, v in p["test"].items()} for p in probes]
+    assert all(r["validation"] and r["validation"][-1]["step"] <= r["steps"] for r in rec["runs"])
+    (row,) = rec["table2_rows"]
+    assert (row["model"], row["seeds"]) == ("cnn", 2)
+    line = next(ln for ln in (tiny_all / "results/tables/table2_probes.md").read_text().splitlines()
+                if "supervised CNN" in ln)
+    assert line in record.with_suffix(".md").read_text()
+
+
 def test_second_run_does_nothing(tiny_all, tiny_override):
     proc = snakemake(tiny_all, "all", configfiles=[REPO / "config/tiny.yaml", tiny_override])
     assert "Nothing to be done" in proc.stdout + proc.stderr
