@@ -12,20 +12,22 @@ probe steps).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 from benchlib import write_record
 
+from musicdecomp.errors import UserError
 from musicdecomp.eval.tables import table2
+from musicdecomp.io import read_json
+from musicdecomp.train.ingest import read_metrics
 
 
 def run_record(run_dir: Path) -> dict:
-    summary = json.loads((run_dir / "train.json").read_text())
-    probe = json.loads((run_dir / "probe.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    summary = read_json(run_dir / "train.json", "train the run first")
+    probe = read_json(run_dir / "probe.json", "probe the run first")
+    rows = read_metrics(run_dir / "metrics.jsonl")
     val = [{"step": r["step"], **{k[4:]: round(v, 4) for k, v in r.items() if k.startswith("val/")}}
            for r in rows if "val/score" in r]
     return {"run_name": summary["run_name"], "seed": probe["seed"], "steps": summary["steps"],
@@ -43,11 +45,10 @@ def main() -> None:
     p.add_argument("--note", default="", help="how the runs were made")
     p.add_argument("--out", default=str(Path(__file__).parent))
     args = p.parse_args()
-    missing = [f"{r}/{f}" for r in args.runs for f in ("train.json", "probe.json", "metrics.jsonl")
-               if not (r / f).is_file()]
-    if missing:
-        p.error(f"{len(missing)} file(s) missing, e.g. {missing[0]}: train and probe the runs first")
-    runs = [run_record(r) for r in args.runs]
+    try:
+        runs = [run_record(r) for r in args.runs]
+    except UserError as e:  # a file missing or damaged: one line naming it
+        p.error(str(e))
     with tempfile.TemporaryDirectory() as tmp:
         rows = table2([r / "probe.json" for r in args.runs], Path(tmp, "t.csv"), Path(tmp, "t.md"))
         table_md = Path(tmp, "t.md").read_text()

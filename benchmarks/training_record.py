@@ -21,6 +21,8 @@ from pathlib import Path
 
 from benchlib import write_record
 
+from musicdecomp.train.ingest import read_metrics
+
 PAPER = {"note_mse": 13.47, "miou": 0.91}  # MusicSlots, JSB multi-instrument, best variant
 
 
@@ -31,7 +33,7 @@ def run_record(run_dir: Path) -> dict:
     progress = json.loads((run_dir / "progress.json").read_text())
     cfg = json.loads((run_dir / "config.json").read_text())
     test = json.loads((run_dir / "test.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     val = [{"step": r["step"], "miou": round(r["val/miou"], 4), "note_mse": round(r["val/note_mse"], 2)}
            for r in rows if "val/miou" in r]
     return {"run_name": progress["run_name"], "steps": progress["step"], "of_steps": progress["steps"],
