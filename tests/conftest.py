@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -35,6 +39,20 @@ def tool_env() -> dict[str, str]:
     env["MUSICDECOMP_PROGRESS"] = "0"
     env["DVC_NO_ANALYTICS"] = "1"
     return env
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path):
+    """A quiet HTTP server on loopback serving ``folder``; yields its base URL (downloads tested offline)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a, **k: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

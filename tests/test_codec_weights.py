@@ -1,11 +1,8 @@
 """EnCodec weights: found in each of the three places, checksum enforced, clear errors; and the shapes of
 code <-> latent <-> audio with the loaded model."""
 
-import functools
 import hashlib
-import http.server
 import shutil
-import threading
 
 import pytest
 import torch
@@ -14,6 +11,8 @@ from musicdecomp.codec.source import load_codec, prepare_codec
 from musicdecomp.codec.weights import find_weights, load_pretrained
 from musicdecomp.config import step_config
 from musicdecomp.errors import UserError
+
+from conftest import serve_folder
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +38,8 @@ def torch_home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def server(weights_file):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(weights_file.parent))
-    handler.log_message = lambda *a, **k: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serve_folder(weights_file.parent) as url:
+        yield url
 
 
 def test_local_file_first(weights_file, torch_home):

@@ -1,15 +1,14 @@
 """Fetching the JSB JSON: explicit path, local folders, download (served from loopback), checksums, errors."""
 
-import functools
 import hashlib
-import http.server
-import threading
 
 import pytest
 
 from musicdecomp.data import jsb
 from musicdecomp.data.jsb import fetch_jsb, read_jsb_json
 from musicdecomp.errors import UserError
+
+from conftest import serve_folder
 
 SMALL = b'{"train": [[[60, 64, 67]]], "valid": [[[62, 65]]], "test": [[[59, 62, 67]]]}'
 
@@ -32,13 +31,8 @@ def server(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
     (root / "jsb.json").write_bytes(SMALL)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serve_folder(root) as url:
+        yield url
 
 
 def test_explicit_path_is_checked_and_copied(in_tmp):

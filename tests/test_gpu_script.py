@@ -4,6 +4,7 @@ evaluate, pack (split into parts), bring back, and continue on a "fresh machine"
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -23,9 +24,30 @@ _spec.loader.exec_module(gpu)
 VARIANTS = ["none-t2-imp_true-k3", "softmax-t2-imp_true-k3"]
 
 
+def device_like_env() -> dict[str, str]:
+    """tool_env() without the packages the GPU machine lacks (tests/device_like/sitecustomize.py)."""
+    env = tool_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests/device_like"), env.get("PYTHONPATH")]))
+    return env
+
+
 def call(*args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, env=tool_env(),
+    """The driver as the issue's commands call it: ``run`` (the GPU machine's half) as there, without FluidSynth,
+    soundfile, MLflow, Snakemake, DVC or EnCodec; the other subcommands here, with everything."""
+    env = device_like_env() if args[0] == "run" else tool_env()
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True)
+
+
+def test_the_device_like_environment_lacks_what_the_gpu_machine_lacks():
+    probe = "import importlib, sys; importlib.import_module(sys.argv[1])"
+    for name in ("soundfile", "mlflow", "snakemake"):
+        hidden = subprocess.run([sys.executable, "-c", probe, name], env=device_like_env(), capture_output=True,
+                                text=True)
+        assert hidden.returncode == 1 and f"the GPU machine has no {name}" in hidden.stderr
+        assert subprocess.run([sys.executable, "-c", probe, name], env=tool_env()).returncode == 0
+    kept = subprocess.run([sys.executable, "-c", probe, "musicdecomp.train.musicslots"], env=device_like_env())
+    assert kept.returncode == 0
 
 
 def script(*args, cwd):
