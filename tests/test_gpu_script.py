@@ -351,7 +351,7 @@ def test_a_run_finished_in_the_work_folder_is_not_trained_again(tiny_run, tiny_o
     assert refused.returncode == 1 and f"Leave {VARIANTS[0]} out of --variants" in refused.stderr
 
 
-KEPT = sorted((REPO / "checkpoints/musicslots").glob("*/config.json"))
+KEPT = sorted((REPO / "checkpoints").glob("*/*/config.json"))  # musicslots/<variant>, baselines/<name>
 
 
 @pytest.mark.parametrize("config", KEPT or [None], ids=[p.parent.name for p in KEPT] or ["none kept"])
@@ -359,11 +359,12 @@ def test_runs_kept_in_git_continue_with_params_yaml(config):
     """A run kept in checkpoints/ between GPU sessions must still be continued by what params.yaml gives: a parameter
     change that would make the GPU machine start it over fails here, not after a session's device time is spent."""
     if config is None:
-        pytest.skip("no run is kept in checkpoints/musicslots")
+        pytest.skip("no run is kept in checkpoints/")
     trained = json.loads(config.read_text())
-    assert config.parent.name == trained["variant"]
-    resolved = step_config(load_params([REPO / "params.yaml"]), "train_musicslots", trained["dataset"],
-                           trained["variant"], trained["seed"])
+    name = trained.get("variant") or trained["baseline"]
+    assert config.parent.name == name
+    resolved = step_config(load_params([REPO / "params.yaml"]), gpu.train_step(name).replace("-", "_"),
+                           trained["dataset"], name, trained["seed"])
     # exits naming the differing keys; passes a finished run (best.pt only, no ckpt/last.pt: not continued)
     gpu.check_continued(config.parent, resolved, ["params.yaml"])
 
@@ -393,3 +394,40 @@ def test_training_record_names_the_precision_and_draws_a_baseline(tmp_path):
                                  {"step": 2000, "miou": 0.2, "note_mse": 100.0}]
     assert record["baseline"] == [str(earlier)] and "amp" not in json.loads(earlier.read_text())["runs"][0]
     assert (tmp_path / "rec_nvidia_h200.png").stat().st_size > 10_000
+
+
+def test_baselines_are_trained_and_probed_like_the_musicslots_runs(tiny_run, tiny_override, tmp_path):
+    """Table 2's baselines go through the driver too: staged with their train-baseline config, trained by that step
+    in the device-like environment, not benchmarked (only MusicSlots models are), and probed once finished, the
+    accuracies coming back in summary.json and in each run's tar, which unpacks like a MusicSlots run."""
+    stage, names = tmp_path / "stage", ["vae-kl0.0", "cnn"]
+    script("prepare", "--stage", stage, "--params", REPO / "params.yaml", REPO / "config/tiny.yaml", tiny_override,
+           "--variants", *names, cwd=tiny_run)
+    configs = json.loads((stage / "configs.json").read_text())
+    assert (configs["vae-kl0.0"]["kind"], configs["vae-kl0.0"]["kld_weight"], configs["cnn"]["kind"]) == ("vae", 0.0,
+                                                                                                         "cnn")
+    log = script("run", "--stage", stage, "--work", tmp_path / "m", "--out", tmp_path / "out", "--budget", 600,
+                 "--device", "cpu", "--bench-seconds", 600, cwd=tmp_path)
+    assert "throughput benchmark" not in log and not list((tmp_path / "out").glob("musicslots_throughput*"))
+    assert "vae-kl0.0: probing the finished run (pitch and instrument from its latent)" in log
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    for name in names:
+        entry = summary["runs"][name]
+        assert entry["exit"] == 0 and entry["train"]["steps"] == configs[name]["train"]["steps"]
+        assert entry["probe"]["name"] == name and entry["probe"]["model"] == configs[name]["kind"]
+        assert all(0 <= entry["probe"]["test"][k] <= 1 for k in ("pitch", "instrument", "chord"))
+        assert "test" not in entry  # no note discovery evaluation: the probe is a baseline's test
+        assert f"{name}: step {entry['train']['steps']} of" in log and "best val score" in log
+    script("unpack", "--from", tmp_path / "out", "--to", tmp_path / "kept", cwd=tmp_path)
+    for name in names:
+        kept = tmp_path / "kept" / name
+        assert (kept / "best.pt").exists() and not (kept / "ckpt/best.pt").exists()
+        assert json.loads((kept / "probe.json").read_text()) == summary["runs"][name]["probe"]
+    # what outlives the session: the record of their accuracies and their Table 2 rows
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks/baseline_record.py"),
+                          *(tmp_path / "kept" / n for n in names), "--prefix", "gpu_baselines", "--out", tmp_path],
+                         capture_output=True, text=True, env=tool_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "gpu_baselines_cpu.json").read_text())
+    assert sorted(row["model"] for row in record["table2_rows"]) == ["cnn", "vae"]
+    assert [r["run_name"] for r in record["runs"]] == [configs[n]["run_name"] for n in names]

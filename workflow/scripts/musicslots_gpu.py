@@ -1,5 +1,5 @@
-"""MusicSlots runs on a bare GPU machine inside a fixed time budget (torch, numpy, scipy, PyYAML there; no
-FluidSynth, Snakemake or MLflow), in two halves.
+"""MusicSlots runs (and Table 2's baselines) on a bare GPU machine inside a fixed time budget (torch, numpy,
+scipy, PyYAML there; no FluidSynth, Snakemake or MLflow), in two halves.
 
 Here, in the project folder, after the pipeline has built the chords and rendered the notes (``results/data/jsb``,
 ``results/data/notes``), stage them with the resolved configs:
@@ -23,6 +23,11 @@ probe accuracies per run), the throughput record, and per run a tar of its folde
 curves, test.json/png, probe.json, logs). ``--keep-last`` adds a compact copy of ckpt/last.pt (weights,
 optimiser, random streams: 28 MB at paper size, see below) to a run that has not finished, and files over
 ``--part-mib`` are split into numbered parts, since a file brought back is at most 16 MiB.
+
+Table 2's baselines go the same way: a variant named ``vae-kl<weight>`` (0.0: the autoencoder) or ``cnn`` is staged
+with its ``train-baseline`` config and trained by that step, in the same time-boxed, resumable way. It is not
+benchmarked (``--speed auto`` trains it with the default options) and has no note discovery test; once finished
+it is probed (a linear probe on the VAE's mean latent; the CNN's own test accuracies) into ``probe.json``.
 
 A stopped run continues with the same command where its folder still exists (a machine kept warm), or on a fresh
 machine from a checkpoint brought back (``--keep-last`` brings it back as a compact copy: Adam's moments in
@@ -48,6 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,6 +74,16 @@ EVAL_RESERVE_S = 75  # test evaluation, figures and packing after training stops
 PROBE_RESERVE_S = 60  # a finished run is probed only with this much of the budget left (then packing)
 CARRIED = ("ckpt/last.pt", "metrics.jsonl", "progress.json")  # what continues a run elsewhere
 PACKED = {"notes.pt": "notes.pt.z"}  # stage files that travel compressed (pack_file), restored there
+BASELINE = re.compile(r"^(cnn|vae-kl\d+(\.\d+)?)$")  # Table 2's baselines (musicdecomp.sweep.baseline_config)
+
+
+def is_baseline(variant: str) -> bool:
+    return BASELINE.match(variant) is not None
+
+
+def train_step(variant: str) -> str:
+    """The step that trains ``variant``: a MusicSlots variant (none-t2-imp_true-k7) or a baseline (vae-kl0.0, cnn)."""
+    return "train-baseline" if is_baseline(variant) else "train-musicslots"
 
 
 def musicdecomp(*args: str) -> list[str]:
@@ -85,7 +101,7 @@ def prepare(args) -> None:
                for name, extra in (("features", ("--dataset", DATASET)), ("eval-musicslots", ()), ("probe", ()))}
     for variant in args.variants:
         configs[variant] = json.loads(subprocess.check_output(musicdecomp(
-            "config", "train-musicslots", "--dataset", DATASET, "--variant", variant, "--seed", str(args.seed),
+            "config", train_step(variant), "--dataset", DATASET, "--variant", variant, "--seed", str(args.seed),
             *params)))
     for variant in args.variants if args.runs else ():
         if (Path(args.runs) / variant / "train.json").exists():
@@ -224,7 +240,8 @@ def check_configs(path: Path, configs: dict, variants: list[str]) -> None:
         check_slice(configs["eval-musicslots"], "eval_musicslots")
         check_slice(configs["probe"], "probe")
         for variant in variants:
-            check_slice(configs[variant], "train_musicslots", DATASET, variant, configs[variant].get("seed"))
+            check_slice(configs[variant], train_step(variant).replace("-", "_"), DATASET, variant,
+                        configs[variant].get("seed"))
     except UserError as e:
         sys.exit(f"{path}: {e}. Or stage it again with `prepare`")
 
@@ -265,12 +282,14 @@ def run(args) -> None:
                                    str(inputs["summary.json"]), "--notes", str(inputs["notes.pt"]),
                                    "--out-dir", str(data_dir)), env=env, check=True)
 
-    models = {v: (configs[v]["model"]["mask"], configs[v]["model"]["time_stride"]) for v in variants}
-    recorded = {} if args.rebench or gpu is None else recorded_benchmark(Path(args.records), gpu, set(models.values()))
+    models = {v: (configs[v]["model"]["mask"], configs[v]["model"]["time_stride"]) for v in variants
+              if not is_baseline(v)}  # what the throughput benchmark measures
+    recorded = ({} if args.rebench or gpu is None or not models
+                else recorded_benchmark(Path(args.records), gpu, set(models.values())))
     if recorded:
         log(f"speed options from the benchmark recorded for this GPU on {recorded.get('date')} ({recorded['file']}; "
             f"--rebench measures again)", t0)
-    elif args.bench_seconds > 0:
+    elif args.bench_seconds > 0 and models:
         log("throughput benchmark (alone on the device)", t0)
         try:
             subprocess.run([sys.executable, str(ROOT / "benchmarks/musicslots_throughput.py"), "--steps",
@@ -283,7 +302,8 @@ def run(args) -> None:
             log(f"benchmark did not complete: {e}", t0)
     bench = sorted(out.glob("musicslots_throughput*.json"))
     bench = recorded or (json.loads(bench[0].read_text()) if bench else {})
-    speeds = {v: speed_options(args.speed, bench, *models[v]) for v in variants}
+    speeds = {v: speed_options(args.speed, bench, *models[v]) if v in models else speed_options(args.speed, {}, "", 0)
+              for v in variants}  # a baseline: the options asked for (auto: none, it is not benchmarked)
 
     train_end = t0 + args.budget - EVAL_RESERVE_S
 
@@ -301,7 +321,7 @@ def run(args) -> None:
                 f"{step_of(run_dir)}{f' ({kept})' if kept else ''}", t0)
         seconds = args.train_seconds or max((train_end - time.perf_counter()) / share, 10)
         limit_min = seconds / 60
-        cmd = musicdecomp("train-musicslots", "--config", json.dumps(configs[variant]), "--dataset", DATASET,
+        cmd = musicdecomp(train_step(variant), "--config", json.dumps(configs[variant]), "--dataset", DATASET,
                           "--variant", variant, "--seed", str(configs[variant]["seed"]), "--data-dir",
                           str(data_dir), "--run-dir", str(run_dir), "--device", args.device,
                           "--time-limit", f"{limit_min:.3f}", "--log", str(run_dir / "train.log"),
@@ -337,7 +357,7 @@ def run(args) -> None:
     for variant in variants:
         run_dir = work / "runs" / variant
         ckpt = run_dir / ("best.pt" if (run_dir / "best.pt").exists() else "ckpt/best.pt")
-        if status[variant] not in (0, 75) or not ckpt.exists():
+        if status[variant] not in (0, 75) or not ckpt.exists() or is_baseline(variant):  # a baseline's test: its probe
             continue
         evals[variant] = subprocess.Popen(musicdecomp(
             "eval-musicslots", "--run-dir", str(run_dir), "--data-dir", str(data_dir), "--out",
@@ -357,7 +377,9 @@ def run(args) -> None:
             log(f"{variant}: not probed, {left:.0f} s of the budget left; the next call on this machine probes it",
                 t0)
             continue
-        log(f"{variant}: probing the finished run (pitch and instrument from its matched slots)", t0)
+        source = ("its own outputs" if variant == "cnn" else "its latent" if is_baseline(variant)
+                  else "its matched slots")
+        log(f"{variant}: probing the finished run (pitch and instrument from {source})", t0)
         try:
             proc = subprocess.run(musicdecomp(
                 "probe", "--run-dir", str(run_dir), "--data-dir", str(data_dir), "--out", str(run_dir / "probe.json"),
@@ -380,12 +402,15 @@ def run(args) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for variant, entry in summary["runs"].items():
         p, t = entry.get("progress", {}), entry.get("test", {}).get("test", {})
-        log(f"{variant}: step {p.get('step')} of {p.get('steps')}, {p.get('steps_per_second', 0):.2f} steps/s, "
-            f"best val mIoU {p.get('best_val_score', float('nan')):.4f} @ {p.get('best_step')}; test note MSE "
-            f"{t.get('note_mse', float('nan')):.3f} mIoU {t.get('miou', float('nan')):.4f}"
-            + ("; probes (pitch / instrument / chord): " + " / ".join(
+        line = (f"{variant}: step {p.get('step')} of {p.get('steps')}, {p.get('steps_per_second', 0):.2f} steps/s, "
+                f"best val {'score' if is_baseline(variant) else 'mIoU'} {p.get('best_val_score', float('nan')):.4f} "
+                f"@ {p.get('best_step')}")
+        if not is_baseline(variant):
+            line += f"; test note MSE {t.get('note_mse', float('nan')):.3f} mIoU {t.get('miou', float('nan')):.4f}"
+        if "probe" in entry:
+            line += "; probes (pitch / instrument / chord): " + " / ".join(
                 f"{entry['probe']['test'][k]:.4f}" for k in ("pitch", "instrument", "chord"))
-               if "probe" in entry else ""), t0)
+        log(line, t0)
     if any(code not in (0, 75) for code in status.values()):
         sys.exit(1)
 
@@ -543,7 +568,9 @@ def main() -> None:
     sp = sub.add_parser("prepare", help="here: stage the rendered notes, the chords and the resolved configs")
     sp.add_argument("--stage", default=".gpu")
     sp.add_argument("--params", nargs="+", default=["params.yaml"])
-    sp.add_argument("--variants", nargs="+", default=["none-t1-imp_true-k7", "softmax-t1-imp_true-k7"])
+    sp.add_argument("--variants", nargs="+", default=["none-t1-imp_true-k7", "softmax-t1-imp_true-k7"],
+                    help="MusicSlots variants (mask-t<stride>-imp_<true|false>-k<slots>) and/or baselines "
+                         "(vae-kl<weight>, cnn)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--runs", help="folder of run folders (from unpack) whose ckpt/last.pt to continue from")
     sp.add_argument("--max-travel-mib", type=float, default=64,
