@@ -17,6 +17,13 @@ from musicdecomp.errors import UserError
 # the model fields a variant name fixes (variant_name, variant_model); the rest of the model config is not in it
 VARIANT_FIELDS = ("mask", "time_stride", "implicit", "num_slots")
 VARIANT_RE = re.compile(r"^(softmax|sigmoid|none)-t(\d+)-imp_(true|false)-k(\d+)$")
+BASELINE_PATTERN = r"cnn|vae-kl(\d+(?:\.\d+)?)"  # Table 2's baselines: cnn, vae-kl<KL weight> (0.0: autoencoder)
+BASELINE_RE = re.compile(f"^(?:{BASELINE_PATTERN})$")
+
+
+def is_baseline(name: str) -> bool:
+    """Whether ``name`` names a baseline run (``cnn``, ``vae-kl<weight>``) rather than a MusicSlots variant."""
+    return BASELINE_RE.match(name) is not None
 
 
 def variant_name(model: dict) -> str:
@@ -81,12 +88,12 @@ def baseline_config(params: dict, dataset: str, name: str, seed: int) -> dict:
     if dataset not in params["datasets"]:
         raise UserError(f"dataset {dataset!r} is not defined under datasets: in params.yaml")
     cfg = {"run_name": f"{dataset}/{name}/seed{seed}", "dataset": dataset, "baseline": name, "seed": int(seed)}
+    m = BASELINE_RE.match(name)
+    if not m:
+        raise UserError(f"baseline {name!r} is not cnn or vae-kl<weight> (e.g. vae-kl0.0, vae-kl0.03125)")
     if name == "cnn":
         return {**cfg, "kind": "cnn", "model": params["baselines"]["cnn"]["model"],
                 "train": params["baselines"]["cnn"]["train"]}
-    m = re.match(r"^vae-kl(\d+(?:\.\d+)?)$", name)
-    if not m:
-        raise UserError(f"baseline {name!r} is not cnn or vae-kl<weight> (e.g. vae-kl0.0, vae-kl0.03125)")
     vae = params["baselines"]["vae"]
     return {**cfg, "kind": "vae", "kld_weight": float(m.group(1)), "model": vae["model"], "train": vae["train"]}
 

@@ -3,7 +3,7 @@ BASELINE_DIR = baseline_dir("{dataset}", "{baseline}", "{seed}")
 
 
 wildcard_constraints:
-    baseline=r"vae-kl\d+(\.\d+)?|cnn",
+    baseline=BASELINE_PATTERN,
 
 
 rule train_baseline:

@@ -1,6 +1,6 @@
 # MusicSlots: one training run per (dataset, variant, seed) of the sweep in params.yaml, its test-set
 # evaluation, and Table 1 built from the evaluations. Variants are named <mask>-t<stride>-<imp|noimp>-k<slots>.
-from musicdecomp.sweep import baseline_dir, baseline_runs, musicslots_runs, probe_runs, run_dir
+from musicdecomp.sweep import BASELINE_PATTERN, baseline_dir, baseline_runs, musicslots_runs, probe_runs, run_dir
 
 RUN_DIR = run_dir("{dataset}", "{variant}", "{seed}")
 

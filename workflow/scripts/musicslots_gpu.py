@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -65,6 +64,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))  # musicdecomp, imported only where a check needs it (it brings torch)
+from musicdecomp.sweep import is_baseline  # noqa: E402  (plain Python: no torch)
 SPEED_OPTIONS = ("channels_last", "cudnn_benchmark")  # musicdecomp.train.loop.SPEED_OPTIONS (not imported here)
 DATASET = "jsb_multi"
 INPUTS = {"chords.csv": "results/data/jsb/chords.csv", "summary.json": "results/data/jsb/summary.json",
@@ -74,11 +74,6 @@ EVAL_RESERVE_S = 75  # test evaluation, figures and packing after training stops
 PROBE_RESERVE_S = 60  # a finished run is probed only with this much of the budget left (then packing)
 CARRIED = ("ckpt/last.pt", "metrics.jsonl", "progress.json")  # what continues a run elsewhere
 PACKED = {"notes.pt": "notes.pt.z"}  # stage files that travel compressed (pack_file), restored there
-BASELINE = re.compile(r"^(cnn|vae-kl\d+(\.\d+)?)$")  # Table 2's baselines (musicdecomp.sweep.baseline_config)
-
-
-def is_baseline(variant: str) -> bool:
-    return BASELINE.match(variant) is not None
 
 
 def train_step(variant: str) -> str:
@@ -302,8 +297,8 @@ def run(args) -> None:
             log(f"benchmark did not complete: {e}", t0)
     bench = sorted(out.glob("musicslots_throughput*.json"))
     bench = recorded or (json.loads(bench[0].read_text()) if bench else {})
-    speeds = {v: speed_options(args.speed, bench, *models[v]) if v in models else speed_options(args.speed, {}, "", 0)
-              for v in variants}  # a baseline: the options asked for (auto: none, it is not benchmarked)
+    # a baseline is not in the benchmark: the options asked for (auto: none)
+    speeds = {v: speed_options(args.speed, bench, *models.get(v, ("", 0))) for v in variants}
 
     train_end = t0 + args.budget - EVAL_RESERVE_S
 
