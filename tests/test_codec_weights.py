@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from musicdecomp.codec.model import build_encodec
 from musicdecomp.codec.source import load_codec, prepare_codec
 from musicdecomp.codec.weights import find_weights, load_pretrained
 from musicdecomp.config import step_config
@@ -18,10 +19,8 @@ from conftest import serve_folder
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory):
     """A real (random) EnCodec 24 kHz state dict, named after its own sha256 like the official checkpoints."""
-    from encodec import EncodecModel
-
     torch.manual_seed(0)
-    state = EncodecModel.encodec_model_24khz(pretrained=False).state_dict()
+    state = build_encodec().state_dict()
     tmp = tmp_path_factory.mktemp("w") / "weights.th"
     torch.save(state, tmp)
     prefix = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
