@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -501,6 +502,7 @@ def test_slurm_jobs_stop_before_their_end(monkeypatch):
     args = build_parser().parse_args(["train-musicslots", "--dataset", "jsb_multi", "--variant", "none-t1-imp_true-k7",
                                       "--seed", "0", "--data-dir", "d", "--run-dir", "r"])
     monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert _time_limit(args) is None  # outside SLURM: no limit
     monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 3600))
     assert 3600 - 300 - 5 < _time_limit(args) <= 3600 - 300  # 5 minutes to spare
@@ -511,6 +513,38 @@ def test_slurm_jobs_stop_before_their_end(monkeypatch):
     args.time_limit = 2.0  # an explicit limit wins
     monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 3600))
     assert _time_limit(args) == 120
+
+
+def _fake_squeue(folder, monkeypatch, body: str):
+    """An `squeue` first on PATH that runs ``body`` (a shell snippet) and logs its arguments."""
+    script = folder / "squeue"
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {folder}/calls\n{body}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_slurm_time_left_comes_from_squeue_where_slurm_does_not_export_it(monkeypatch, tmp_path, caplog):
+    """Slurm 22.05 (Debian 12's) sets no SLURM_JOB_END_TIME: the job's time left then comes from squeue."""
+    from musicdecomp.cli import build_parser, _time_limit
+    from musicdecomp.slurm import parse_duration
+
+    assert [parse_duration(t) for t in ("9:59", "1:59:59", "2-00:00:30", " 10:00\n", "UNLIMITED", "", "1-2")] == [
+        599, 7199, 172830, 600, None, None, None]
+    args = build_parser().parse_args(["train-musicslots", "--dataset", "jsb_multi", "--variant", "none-t1-imp_true-k7",
+                                      "--seed", "0", "--data-dir", "d", "--run-dir", "r"])
+    monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    _fake_squeue(tmp_path, monkeypatch, 'echo "1:55:00"')
+    assert _time_limit(args) == 6900 - 300
+    assert (tmp_path / "calls").read_text().split() == ["--noheader", "--jobs", "4242", "--format", "%L"]
+    _fake_squeue(tmp_path, monkeypatch, "echo UNLIMITED")
+    assert _time_limit(args) is None
+    _fake_squeue(tmp_path, monkeypatch, "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1")
+    with caplog.at_level("WARNING"):
+        assert _time_limit(args) is None  # no limit: SLURM kills the job at its end and the retry resumes it
+    assert "Invalid job id specified" in caplog.text and "no time limit set" in caplog.text
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # no squeue at all
+    assert _time_limit(args) is None
 
 
 def test_speed_options_from_flags_and_environment(monkeypatch):

@@ -125,7 +125,7 @@ def _training_exit(args, result: dict) -> int:
     return EXIT_TIME_LIMIT
 
 
-SLURM_MARGIN_S = 300  # inside a SLURM job, training stops this long before the job's end (SLURM_JOB_END_TIME)
+SLURM_MARGIN_S = 300  # inside a SLURM job, training stops this long before the job's end
 
 
 def _time_limit(args) -> float | None:
@@ -133,12 +133,14 @@ def _time_limit(args) -> float | None:
     end, so the job checkpoints and exits 75 instead of being killed; a retry of the job continues the run."""
     if args.time_limit is not None:
         return 60.0 * args.time_limit
-    end = os.environ.get("SLURM_JOB_END_TIME", "")
-    if not end.isdigit():
+    from musicdecomp.slurm import seconds_left
+
+    left = seconds_left()
+    if left is None:
         return None
-    seconds = max(int(end) - time.time() - SLURM_MARGIN_S, 60.0)
-    get_logger().info("SLURM job ends at %s: training stops at a checkpoint after %.1f min",
-                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(end))), seconds / 60)
+    seconds = max(left[0] - SLURM_MARGIN_S, 60.0)
+    get_logger().info("SLURM job ends in %.1f min (%s): training stops at a checkpoint after %.1f min",
+                      left[0] / 60, left[1], seconds / 60)
     return seconds
 
 
