@@ -128,6 +128,7 @@ def slurm_cluster(tmp_path_factory):
             path.unlink(missing_ok=True)
 
 
+@pytest.mark.slow
 def test_slurm_profile_trains_on_a_gpu_node_and_sets_the_time_limit(slurm_cluster, tiny_override, soundfont,
                                                                      tmp_path):
     """`snakemake --workflow-profile workflow/profiles/slurm` submits every job of a MusicSlots training run
