@@ -91,17 +91,22 @@ def slurm_cluster(tmp_path_factory):
     key.chmod(0o400)
     munge_socket = d / "munge.socket"
     host = socket.gethostname().split(".")[0]
-    ETC.mkdir(exist_ok=True)
     written = [ETC / "slurm.conf", ETC / "gres.conf"]
-    written[0].write_text(_slurm_conf(d, host, munge_socket))
-    written[1].write_text("Name=gpu File=/dev/null\n")  # a placeholder device: SLURM only counts it
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+
+    def start(cmd: list[str]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-1500:]}")
+
     try:
-        subprocess.run(["munged", "--force", f"--socket={munge_socket}", f"--key-file={key}",
-                        f"--pid-file={d / 'munged.pid'}", f"--log-file={d / 'munged.log'}",
-                        f"--seed-file={d / 'munged.seed'}"], check=True, env=env, capture_output=True)
-        subprocess.run(["slurmctld"], check=True, env=env, capture_output=True)
-        subprocess.run(["slurmd", "-N", "node1"], check=True, env=env, capture_output=True)
+        ETC.mkdir(exist_ok=True)
+        written[0].write_text(_slurm_conf(d, host, munge_socket))
+        written[1].write_text("Name=gpu File=/dev/null\n")  # a placeholder device: SLURM only counts it
+        start(["munged", "--force", f"--socket={munge_socket}", f"--key-file={key}", f"--pid-file={d / 'munged.pid'}",
+               f"--log-file={d / 'munged.log'}", f"--seed-file={d / 'munged.seed'}"])
+        start(["slurmctld"])
+        start(["slurmd", "-N", "node1"])
         deadline = time.monotonic() + 60
         state = ""
         while time.monotonic() < deadline:
