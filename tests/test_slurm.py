@@ -29,7 +29,7 @@ ETC = Path("/etc/slurm")
 def _cannot(reason: str):
     """Skip where SLURM cannot be started here; in CI, where .ci/run installs it, fail instead."""
     if os.environ.get("CI"):
-        pytest.fail(f"{reason} (.ci/run installs slurm-wlm and munge)")
+        pytest.fail(f"{reason}; under CI this test must run (.ci/run installs slurm-wlm and munge)")
     pytest.skip(reason)
 
 
@@ -80,8 +80,10 @@ def slurm_cluster(tmp_path_factory):
         _cannot(f"{', '.join(missing)} not found: apt-get install --no-install-recommends slurm-wlm munge")
     if os.geteuid() != 0:
         _cannot("starting a local SLURM cluster needs root")
-    if (ETC / "slurm.conf").exists() or (ETC / "gres.conf").exists():
-        _cannot(f"{ETC} is configured: this machine belongs to a SLURM cluster, which the test leaves alone")
+    if any(p.exists() for p in (ETC / "slurm.conf", ETC / "gres.conf", Path("/run/slurm/conf"))) or any(
+            k in os.environ for k in ("SLURM_CONF", "SLURM_JOB_ID")):
+        _cannot("this machine belongs to a SLURM cluster (a configuration in /etc/slurm or /run/slurm/conf, or "
+                "$SLURM_CONF or $SLURM_JOB_ID set), which the test leaves alone")
 
     d = tmp_path_factory.mktemp("slurm")
     (d / "state").mkdir()
