@@ -75,7 +75,9 @@ def _slurm_conf(d: Path, host: str, munge_socket: Path) -> str:
 
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory):
-    missing = [b for b in DAEMONS + CLIENTS if shutil.which(b) is None]
+    search = f"{os.environ.get('PATH', '')}{os.pathsep}/usr/sbin{os.pathsep}/sbin"  # daemons live in sbin
+    found = {b: shutil.which(b, path=search) for b in DAEMONS + CLIENTS}
+    missing = [b for b, path in found.items() if path is None]
     if missing:
         _cannot(f"{', '.join(missing)} not found: apt-get install --no-install-recommends slurm-wlm munge")
     if os.geteuid() != 0:
@@ -105,10 +107,10 @@ def slurm_cluster(tmp_path_factory):
         ETC.mkdir(exist_ok=True)
         written[0].write_text(_slurm_conf(d, host, munge_socket))
         written[1].write_text("Name=gpu File=/dev/null\n")  # a placeholder device: SLURM only counts it
-        start(["munged", "--force", f"--socket={munge_socket}", f"--key-file={key}", f"--pid-file={d / 'munged.pid'}",
-               f"--log-file={d / 'munged.log'}", f"--seed-file={d / 'munged.seed'}"])
-        start(["slurmctld"])
-        start(["slurmd", "-N", "node1"])
+        start([found["munged"], "--force", f"--socket={munge_socket}", f"--key-file={key}",
+               f"--pid-file={d / 'munged.pid'}", f"--log-file={d / 'munged.log'}", f"--seed-file={d / 'munged.seed'}"])
+        start([found["slurmctld"]])
+        start([found["slurmd"], "-N", "node1"])
         deadline = time.monotonic() + 60
         state = ""
         while time.monotonic() < deadline:
