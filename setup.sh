@@ -6,7 +6,8 @@
 #   ./setup.sh pytest                      # set up, then run the tests
 #
 # Steps (each skipped when already done, so a second run takes seconds):
-#   1. Debian packages libfluidsynth3 and fluid-soundfont-gm (--no-install-recommends), as root;
+#   1. Debian packages libfluidsynth3 and fluid-soundfont-gm, plus any in $EXTRA_APT_PACKAGES
+#      (--no-install-recommends), as root;
 #      without root it says what to install and goes on.
 #   2. .venv with Python 3.11 and the pinned versions in requirements.txt (torch 2.11.0 etc.).
 #   3. this package, installed editable.
@@ -15,7 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-APT_PACKAGES=(libfluidsynth3 fluid-soundfont-gm)
+# shellcheck disable=SC2206  # EXTRA_APT_PACKAGES is a space-separated list (.ci/run: the tests' one-node SLURM)
+APT_PACKAGES=(libfluidsynth3 fluid-soundfont-gm ${EXTRA_APT_PACKAGES:-})
 say() { printf '[setup] %s\n' "$*" >&2; }
 pip_install() {
     # some pip configurations print a harmless "Location ... is ignored" line per package: drop those
