@@ -114,7 +114,7 @@ def slurm_cluster(tmp_path_factory):
         deadline = time.monotonic() + 60
         state = ""
         while time.monotonic() < deadline:
-            state = subprocess.run(["sinfo", "--noheader", "--format", "%t"], env=env, capture_output=True,
+            state = subprocess.run([found["sinfo"], "--noheader", "--format", "%t"], env=env, capture_output=True,
                                    text=True).stdout.strip()
             if state == "idle":
                 break
@@ -122,9 +122,9 @@ def slurm_cluster(tmp_path_factory):
         else:
             logs = "\n".join(p.read_text()[-1500:] for p in (d / "slurmctld.log", d / "slurmd.log") if p.exists())
             pytest.fail(f"the local SLURM node did not come up (state {state!r}):\n{logs}")
-        yield {"dir": d, "env": env}
+        yield env  # the environment for SLURM clients
     finally:
-        subprocess.run(["scancel", "--user", "root"], env=env, capture_output=True)
+        subprocess.run([found["scancel"], "--user", "root"], env=env, capture_output=True)
         for name in ("slurmd", "slurmctld", "munged"):
             pid_file = d / f"{name}.pid"
             if pid_file.exists():
@@ -151,12 +151,11 @@ def test_slurm_profile_trains_on_a_gpu_node_and_sets_the_time_limit(slurm_cluste
            target, "--configfile", str(REPO / "config/tiny.yaml"), str(tiny_override)]
     proc = run(cmd, cwd=tmp_path)
     out = proc.stdout + proc.stderr
-    submitted = dict(re.findall(r"with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", out))
-    submitted = {rule: job for job, rule in submitted.items()}
+    submitted = {rule: job for job, rule in re.findall(r"with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", out)}
     assert {"fetch_jsb", "chords", "render", "features", "mlflow_init", "train_musicslots"} <= set(submitted), out
     assert len(set(submitted.values())) == len(submitted)  # every job was a SLURM job of its own
 
-    record = subprocess.run(["scontrol", "show", "job", submitted["train_musicslots"]], env=slurm_cluster["env"],
+    record = subprocess.run(["scontrol", "show", "job", submitted["train_musicslots"]], env=slurm_cluster,
                             capture_output=True, text=True, check=True).stdout
     assert "JobState=COMPLETED" in record, record
     assert "TresPerJob=gres:gpu:1" in record, record  # the rule's GPU

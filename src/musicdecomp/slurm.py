@@ -14,8 +14,9 @@ import time
 
 from musicdecomp.logs import get_logger
 
-# squeue's %L: [days-][hours:]minutes:seconds, or a word (UNLIMITED, NOT_SET, INVALID) when there is no limit
+# squeue's %L: [days-][hours:]minutes:seconds, or a word (NO_LIMIT below when the job has no time limit)
 _DURATION = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$")
+NO_LIMIT = ("UNLIMITED", "NOT_SET", "INFINITE")
 
 
 def parse_duration(text: str) -> int | None:
@@ -27,15 +28,14 @@ def parse_duration(text: str) -> int | None:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
-def seconds_left(environ=None) -> tuple[float, str] | None:
+def seconds_left() -> tuple[float, str] | None:
     """(seconds until this SLURM job's end, where that came from), or None outside SLURM or without a time limit.
     A failing squeue is logged and treated as no limit: the job then runs until SLURM stops it, and its retry
     continues from the last checkpoint."""
-    env = os.environ if environ is None else environ
-    end = env.get("SLURM_JOB_END_TIME", "")
+    end = os.environ.get("SLURM_JOB_END_TIME", "")
     if end.isdigit():
         return int(end) - time.time(), "SLURM_JOB_END_TIME"
-    job = env.get("SLURM_JOB_ID", "")
+    job = os.environ.get("SLURM_JOB_ID", "")
     if not job.isdigit():
         return None
     cmd = ["squeue", "--noheader", "--jobs", job, "--format", "%L"]
@@ -45,7 +45,7 @@ def seconds_left(environ=None) -> tuple[float, str] | None:
         get_logger().warning("SLURM job %s: cannot ask squeue for its time left (%s); no time limit set", job, e)
         return None
     left = parse_duration(proc.stdout) if proc.returncode == 0 else None
-    if left is None and proc.stdout.strip() not in ("UNLIMITED", "NOT_SET", "INFINITE"):
+    if left is None and proc.stdout.strip() not in NO_LIMIT:
         get_logger().warning("SLURM job %s: `%s` gave %r (exit %d); no time limit set", job, " ".join(cmd),
                              (proc.stdout or proc.stderr).strip()[:200], proc.returncode)
     return None if left is None else (float(left), "squeue")
