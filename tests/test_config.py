@@ -9,6 +9,7 @@ import pytest
 
 from musicdecomp.config import check_slice, deep_merge, flatten, load_params, step_config, validate
 from musicdecomp.errors import UserError
+from musicdecomp.sweep import baseline_runs, musicslots_runs, probe_runs
 
 from conftest import REPO, tool_env
 
@@ -26,6 +27,13 @@ def test_every_override_in_config_is_valid_on_params(override):
         base = step_config(load_params([REPO / "params.yaml"]), "train_musicslots", "jsb_multi",
                            "none-t1-imp_true-k7", 0)["model"]
         assert model == {**base, "attention": "standard"} and base["attention"] == "official"
+    if override == "kept_runs.yaml":  # which runs the tables hold, not how any is trained (they are adopted)
+        runs = musicslots_runs(merged)
+        assert runs == [("jsb_multi", "softmax-t2-imp_true-k7", 0), ("jsb_multi", "none-t2-imp_true-k7", 0)]
+        assert probe_runs(merged) == runs[1:] and baseline_runs(merged) == []
+        base = load_params([REPO / "params.yaml"])
+        for step in ("train_musicslots", "eval_musicslots", "probe"):
+            assert all(step_config(merged, step, *r) == step_config(base, step, *r) for r in runs)
 
 
 def test_deep_merge_overrides_leaves_and_keeps_siblings():

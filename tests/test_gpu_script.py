@@ -13,6 +13,10 @@ import pytest
 import torch
 
 from musicdecomp.config import load_params, step_config
+from musicdecomp.eval.probes import probe_run
+from musicdecomp.sweep import run_dir
+from musicdecomp.train.adopt import stage_adoption
+from musicdecomp.train.musicslots import train_musicslots
 from musicdecomp.train.loop import COMPACT, SPEED_OPTIONS, read_best
 
 from conftest import REPO, tool_env
@@ -325,7 +329,7 @@ def test_a_stage_of_another_version_is_refused_before_any_work(tiny_params, tmp_
     assert not (tmp_path / "work").exists()
 
 
-def test_a_run_finished_in_the_work_folder_is_not_trained_again(tiny_run, tiny_override, tmp_path):
+def test_a_run_finished_in_the_work_folder_is_not_trained_again(tiny_run, tiny_override, tiny_params, tmp_path):
     stage, work = tmp_path / "stage", tmp_path / "machine"
     script("prepare", "--stage", stage, "--params", REPO / "params.yaml", REPO / "config/tiny.yaml", tiny_override,
            "--variants", VARIANTS[0], cwd=tiny_run)
@@ -345,10 +349,22 @@ def test_a_run_finished_in_the_work_folder_is_not_trained_again(tiny_run, tiny_o
     assert second["probe"] == first["probe"] and "probing" not in log  # probed once
     assert not (work / "runs" / VARIANTS[0] / "stale").exists()  # nothing was set aside and retrained
     # brought back and kept, a finished run is not staged again (it would train from step 0 elsewhere)
-    script("unpack", "--from", tmp_path / "out2", "--to", tmp_path / "kept", cwd=tmp_path)
+    kept = tmp_path / "kept" / VARIANTS[0]
+    assert f"adopt-run --from {kept}" in script("unpack", "--from", tmp_path / "out2", "--to", kept.parent,
+                                                 cwd=tmp_path)
     refused = call("prepare", "--stage", stage, "--params", REPO / "params.yaml", REPO / "config/tiny.yaml",
-                   tiny_override, "--variants", VARIANTS[0], "--runs", tmp_path / "kept", cwd=tiny_run)
+                   tiny_override, "--variants", VARIANTS[0], "--runs", kept.parent, cwd=tiny_run)
     assert refused.returncode == 1 and f"Leave {VARIANTS[0]} out of --variants" in refused.stderr
+    # instead, it is adopted as the pipeline's run (tests/test_adopt.py): with its probe, nothing trained again
+    root = tmp_path / "pipeline"
+    (root / "results").mkdir(parents=True)
+    (root / "results/data").symlink_to(tiny_run / "results/data")
+    assert stage_adoption(kept, tiny_params, root=root)["probe"]
+    dst, data = root / run_dir("jsb_multi", VARIANTS[0], 0), root / "results/data/jsb_multi"
+    cfg = step_config(tiny_params, "train_musicslots", "jsb_multi", VARIANTS[0], 0)
+    assert train_musicslots(cfg, data, dst, device="cpu")["adopted"]["code_differs"] == []
+    probed = probe_run(step_config(tiny_params, "probe"), dst, data, dst / "probe.json", device="cpu")
+    assert probed["test"] == first["probe"]["test"] and not (dst / "ckpt").exists()
 
 
 KEPT = sorted((REPO / "checkpoints").glob("*/*/config.json"))  # musicslots/<variant>, baselines/<name>

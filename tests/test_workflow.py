@@ -11,7 +11,9 @@ import pytest
 import torch
 import yaml
 
-from musicdecomp.config import deep_merge
+from musicdecomp.config import deep_merge, step_config
+from musicdecomp.train.adopt import stage_adoption
+from musicdecomp.train.musicslots import train_musicslots
 
 from conftest import DATA_TARGETS, REPO, run, snakemake
 
@@ -174,6 +176,15 @@ def test_dvc_repro_produces_the_same_files(tiny_run, tiny_params, tmp_path):
     ev = json.loads((proj / "results/musicslots/jsb_single/none-t1-imp_true-k7/seed0/test.json").read_text())
     assert ev["run_name"] == "jsb_single/none-t1-imp_true-k7/seed0" and ev["test"]["examples"] > 0
     assert (proj / "results/mlflow/mlflow.db").is_file()
+    # a run trained elsewhere, adopted: its DVC stage publishes it instead of training, and DVC tracks it
+    src = tmp_path / "gpu/run"
+    train_musicslots(step_config(tiny_params, "train_musicslots", "jsb_single", "none-t1-imp_true-k7", 1),
+                     proj / "results/data/jsb_single", src, device="cpu", threads=1)
+    stage_adoption(src, tiny_params, root=proj)
+    run(DVC + ["repro", "-q", "train_musicslots_single@jsb_single-1"], cwd=proj)
+    adopted = json.loads((proj / "results/musicslots/jsb_single/none-t1-imp_true-k7/seed1/train.json").read_text())
+    assert adopted["adopted"]["from"] == str(src.resolve()) and adopted["mlflow_run_id"]
+    assert "up to date" in run(DVC + ["status", "train_musicslots_single@jsb_single-1"], cwd=proj).stdout
     # one param changed: only the stages that depend on it are out of date
     changed = deep_merge(tiny_params, {"figures": {"seed": 5}})
     (proj / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))

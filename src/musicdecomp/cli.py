@@ -106,6 +106,17 @@ def cmd_ingest_run(args):
     ingest_run(args.run_dir, tracking, args.artifacts)
 
 
+def cmd_adopt_run(args):
+    from musicdecomp.train.adopt import stage_adoption
+    if args.config is not None:
+        raise UserError("adopt-run checks a run against the parameter files (--params), not a slice (--config)")
+    res = stage_adoption(args.src, load_params(args.params), trust_data=args.trust_data)
+    configs = " ".join(args.params[1:])
+    print(f"staged in {res['run_dir']}/adopt. Publish it (in seconds, no training) and evaluate it here with\n"
+          f"  snakemake --cores 2 {' '.join(res['targets'])}{f' --configfile {configs}' if configs else ''}\n"
+          f"or dvc repro (its training stage runs the adoption). Snakemake and DVC then track it as any run of theirs.")
+
+
 def cmd_mlflow_init(args):
     from musicdecomp.train.tracking import init_experiment
     init_experiment(args.tracking_uri, args.experiment, args.artifacts, args.out)
@@ -309,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_tracking(sp)
     sp.add_argument("--artifacts", help="artifact folder, if the experiment has to be created (default: "
                     "artifacts/ beside a SQLite database)")
+
+    sp = add("adopt-run", cmd_adopt_run, "bring a finished run trained elsewhere into the pipeline (its run folder)")
+    sp.add_argument("--from", dest="src", required=True, metavar="RUN_DIR",
+                    help="a finished run folder (config.json, train.json, best.pt), e.g. "
+                         "checkpoints/musicslots/none-t2-imp_true-k7")
+    sp.add_argument("--trust-data", action="store_true",
+                    help="adopt a run that does not record the data it trained on (data_id) without that check")
 
     def add_training(sp, variant_help):
         sp.add_argument("--dataset", required=True)

@@ -553,6 +553,9 @@ def place_run(new: Path, dst: Path) -> None:
         (dst / "ckpt/best.pt").unlink(missing_ok=True)
     progress = json.loads((dst / "progress.json").read_text())
     print(f"{name} -> {dst} (step {progress['step']} of {progress['steps']})")
+    if (dst / "train.json").exists():
+        print(f"{name}: finished; `python -m musicdecomp adopt-run --from {dst}` makes it the pipeline's run "
+              f"(its tables, Snakemake and DVC), see docs/musicslots.md")
     if not (dst / "ckpt/last.pt").exists() and not (dst / "train.json").exists():
         print(f"{name}: no ckpt/last.pt came back, so this run cannot be continued elsewhere (run with --keep-last)")
 

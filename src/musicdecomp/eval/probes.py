@@ -21,6 +21,7 @@ from musicdecomp.eval.accuracy import grid_level, note_level
 from musicdecomp.io import sha256_of, write_json
 from musicdecomp.logs import get_logger
 from musicdecomp.models.baselines import NoteProbe, multilabel_loss, multilabel_targets
+from musicdecomp.train.adopt import staged
 from musicdecomp.train.loop import autocast, load_best, pick_device, run_training
 from musicdecomp.train.tracking import log_to_training_run
 
@@ -55,13 +56,12 @@ def train_probe(cfg: dict, feats: dict[str, dict], probe_dir: Path, device, kind
     """Fit a linear probe on the train features; ``kind`` "notes" (per-note heads) or "grid" (multi-label).
     ``data_id`` names what the features come from (the dataset and the frozen model)."""
     tc = cfg["train"]
-    dim = feats["train"]["feats"].shape[-1]
+    dim = feats["test"]["feats"].shape[-1]
     probe = (NoteProbe(dim, n_p, n_i) if kind == "notes" else torch.nn.Linear(dim, n_p * n_i)).to(device)
-    tr, va = feats["train"], feats["valid"]
-    n = tr["feats"].shape[0]
+    tr, va = feats.get("train"), feats.get("valid")  # absent when a staged probe is adopted, not trained
 
     def sample(gen):
-        return torch.randint(n, (tc["batch_size"],), generator=gen, device=device)
+        return torch.randint(tr["feats"].shape[0], (tc["batch_size"],), generator=gen, device=device)
 
     def loss(idx, gen):
         if kind == "notes":
@@ -119,7 +119,9 @@ def probe_run(probe_cfg: dict, run_dir: str | Path, data_dir: str | Path, out_js
             extract, probe_kind = vae_features, "grid"
         model.load_state_dict(state["model"])
         model.eval()
-        feats = {s: extract(model, data[s], dev, amp, bs) for s in SPLITS}
+        # a finished probe staged for adoption (musicdecomp.train.adopt) is only scored: no train/valid features
+        splits = ("test",) if staged(run_dir / "probe") else SPLITS
+        feats = {s: extract(model, data[s], dev, amp, bs) for s in splits}
         pcfg = {"run_name": f"{cfg['run_name']}/probe", "seed": cfg["seed"], "train": probe_cfg["train"]}
         # the features are the frozen model's: a probe checkpoint of another model (or data) is not continued
         data_id = f"{data['train'].source_id}/{sha256_of(run_dir / 'best.pt')[:16]}"

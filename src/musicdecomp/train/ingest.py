@@ -50,10 +50,11 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
-def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None = None) -> str:
+def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None = None,
+               tags: dict | None = None) -> str:
     """Log ``run_dir`` as one MLflow run of ``tracking["experiment"]`` at ``tracking["mlflow_uri"]`` (created if
-    missing, with ``artifacts`` as its artifact folder: by default ``artifacts/`` beside a SQLite database).
-    Returns the new run's id."""
+    missing, with ``artifacts`` as its artifact folder: by default ``artifacts/`` beside a SQLite database), with
+    ``tags`` added to its own. Returns the new run's id."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a folder: give a run folder (e.g. one that musicslots_gpu.py unpack "
@@ -83,7 +84,7 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
             client.delete_run(old.info.run_id)
             log.info("replacing the MLflow run %s ingested from %s earlier", old.info.run_id, source)
 
-    tags = {TAG: name, SOURCE_TAG: source,
+    tags = {**(tags or {}), TAG: name, SOURCE_TAG: source,
             "musicdecomp.device": progress.get("device", "unknown"),
             "musicdecomp.speed": ",".join(k for k, on in progress.get("speed", {}).items() if on) or "default"}
     # as the training's own MLflow run has them

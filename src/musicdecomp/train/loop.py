@@ -17,9 +17,11 @@ run, or one made with another configuration or on other data, is not: a workflow
 job only because something it depends on changed (parameters, data, code) or because it was asked to, so the run
 trains again from step 0. The old checkpoint and logs are moved to ``<run>/stale/<time>/`` (nothing is deleted),
 with a warning saying why. (Snakemake's ``--touch`` or DVC's ``dvc commit`` accept an old result instead of
-retraining.)
+retraining; a finished run trained elsewhere is brought in with ``adopt-run``, see ``musicdecomp.train.adopt``:
+staged in ``<run>/adopt/``, it is published by this loop instead of trained.)
 
-Run folder: ``best.pt`` ({model, config, step, val}), ``train.json`` (summary), ``config.json``,
+Run folder: ``best.pt`` ({model, config, step, val}), ``train.json`` (summary, with the ``data_id`` and the
+``code`` hashes the run trained with), ``config.json``,
 ``metrics.jsonl``, ``curves.png``, ``progress.json`` (step, best, throughput, and where the call's time went:
 ``seconds_this_call`` {all, validation (with saving the best model), checkpoints}; rewritten at every checkpoint, so
 a running or stopped run can be watched); ``ckpt/last.pt`` and ``ckpt/best.pt`` (published as best.pt at the end:
@@ -55,6 +57,7 @@ import torch
 from musicdecomp.errors import UserError
 from musicdecomp.io import atomic_path, copy_file, load_torch, write_json
 from musicdecomp.logs import get_logger
+from musicdecomp.train.adopt import adopt_staged
 from musicdecomp.train.schedule import learning_rate
 from musicdecomp.train.tracking import Tracker, resume_tags
 
@@ -249,6 +252,9 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
     """
     run_dir = Path(run_dir)
     speed = check_speed(speed)
+    adopted = adopt_staged(run_dir, cfg, model, data_id, code, tracking, tags or {})
+    if adopted is not None:  # a finished run trained elsewhere, staged by adopt-run (musicdecomp.train.adopt)
+        return adopted
     if speed["channels_last"]:
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
@@ -387,7 +393,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
                "device": device_name, "speed": speed, "wall_seconds": elapsed + wall,
                "steps_per_second": steps_here / max(wall, 1e-9), "seconds_this_call": {"all": wall, **spent},
                "parameters": sum(p.numel() for p in model.parameters()), "mlflow_run_id": tracker.run_id,
-               "code_changes": code_changes, "compact_resumes": compact_resumes}
+               "code_changes": code_changes, "compact_resumes": compact_resumes, "data_id": data_id, "code": code}
     plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", cfg["run_name"])
     tracker.artifact(run_dir / "curves.png")
     tracker.artifact(run_dir / "best.pt")
