@@ -148,3 +148,23 @@ def test_snakemake_records_an_adopted_run_and_retrains_it_when_its_parameters_ch
     lr.write_text(yaml.safe_dump({"musicslots": {"train": {"lr": 0.0002}}}))
     dry = snakemake(tiny_run, "-n", target, configfiles=[*configs, lr])
     assert "Params have changed since last execution" in dry.stdout + dry.stderr
+
+
+def test_a_baseline_run_is_adopted_into_its_baseline_folder(tiny_run, tiny_params, tmp_path):
+    from musicdecomp.sweep import baseline_dir
+    from musicdecomp.train.baselines import train_baseline
+
+    data = tiny_run / "results/data/jsb_multi"
+    cfg = step_config(tiny_params, "train_baseline", "jsb_multi", "vae-kl0.0", 0)
+    src = tmp_path / "gpu/vae-kl0.0"
+    train_baseline(cfg, data, src, device="cpu", threads=1)
+    probe_run(step_config(tiny_params, "probe"), src, data, src / "probe.json", device="cpu")
+    root = pipeline_root(tmp_path, tiny_run)
+    res = stage_adoption(src, tiny_params, root=root)
+    dst = root / baseline_dir("jsb_multi", "vae-kl0.0", 0)
+    assert res["run_dir"] == str(dst) and res["targets"] == [f"{baseline_dir('jsb_multi', 'vae-kl0.0', 0)}/probe.json"]
+    assert train_baseline(cfg, data, dst, device="cpu")["adopted"]["from"] == str(src.resolve())
+    out = probe_run(step_config(tiny_params, "probe"), dst, data, dst / "probe.json", device="cpu")
+    assert out["test"] == json.loads((src / "probe.json").read_text())["test"] and not (dst / "ckpt").exists()
+    with pytest.raises(UserError, match="is the pipeline's own folder of this run"):
+        stage_adoption(dst, tiny_params, root=root)
