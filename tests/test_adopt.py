@@ -60,7 +60,7 @@ def test_an_adopted_run_is_published_instead_of_trained_and_its_probe_with_it(ti
     summary = train_musicslots(cfg, data, dst, device="cpu", tracking=tracking)  # what both workflow tools call
     assert summary["adopted"] == {"from": str(src.resolve()), "at": summary["adopted"]["at"],
                                   "code_differs": ["train/loop.py"]}
-    assert not (dst / "ckpt").exists() and not (dst / "adopt").exists()  # published, not trained
+    assert not (dst / "ckpt/last.pt").exists() and not (dst / "adopt").exists()  # published, not trained
     assert (dst / "best.pt").read_bytes() == (src / "best.pt").read_bytes()
     assert (dst / "metrics.jsonl").read_text() == (src / "metrics.jsonl").read_text()
     assert json.loads((dst / "train.json").read_text()) == summary
@@ -76,7 +76,16 @@ def test_an_adopted_run_is_published_instead_of_trained_and_its_probe_with_it(ti
     out = probe_run(step_config(tiny_params, "probe"), dst, data, dst / "probe.json", device="cpu")
     assert out["test"] == json.loads((src / "probe.json").read_text())["test"]
     assert json.loads((dst / "probe/train.json").read_text())["adopted"]["from"] == f"{src.resolve()}/probe"
-    assert not (dst / "probe/ckpt").exists()
+    assert not (dst / "probe/ckpt/last.pt").exists()
+
+    # trained here again later (as after a parameter change, outputs deleted first): the adopted run is set aside
+    for output in ("best.pt", "train.json"):
+        (dst / output).unlink()
+    again = train_musicslots(cfg, data, dst, device="cpu", threads=1)
+    assert "adopted" not in again and (dst / "ckpt/last.pt").exists() and not (dst / "adopted.json").exists()
+    aside = [p.parent for p in (dst / "stale").glob("*/adopted.json")]
+    assert len(aside) == 1 and (aside[0] / "ckpt/best.pt").read_bytes() == (src / "best.pt").read_bytes()
+    assert (aside[0] / "probe/train.json").exists()
 
 
 def test_runs_that_do_not_match_are_refused(tiny_run, tiny_params, tmp_path):
@@ -165,6 +174,6 @@ def test_a_baseline_run_is_adopted_into_its_baseline_folder(tiny_run, tiny_param
     assert res["run_dir"] == str(dst) and res["targets"] == [f"{baseline_dir('jsb_multi', 'vae-kl0.0', 0)}/probe.json"]
     assert train_baseline(cfg, data, dst, device="cpu")["adopted"]["from"] == str(src.resolve())
     out = probe_run(step_config(tiny_params, "probe"), dst, data, dst / "probe.json", device="cpu")
-    assert out["test"] == json.loads((src / "probe.json").read_text())["test"] and not (dst / "ckpt").exists()
+    assert out["test"] == json.loads((src / "probe.json").read_text())["test"] and not (dst / "ckpt/last.pt").exists()
     with pytest.raises(UserError, match="is the pipeline's own folder of this run"):
         stage_adoption(dst, tiny_params, root=root)

@@ -364,7 +364,7 @@ def test_a_run_finished_in_the_work_folder_is_not_trained_again(tiny_run, tiny_o
     cfg = step_config(tiny_params, "train_musicslots", "jsb_multi", VARIANTS[0], 0)
     assert train_musicslots(cfg, data, dst, device="cpu")["adopted"]["code_differs"] == []
     probed = probe_run(step_config(tiny_params, "probe"), dst, data, dst / "probe.json", device="cpu")
-    assert probed["test"] == first["probe"]["test"] and not (dst / "ckpt").exists()
+    assert probed["test"] == first["probe"]["test"] and not (dst / "ckpt/last.pt").exists()
 
 
 KEPT = sorted((REPO / "checkpoints").glob("*/*/config.json"))  # musicslots/<variant>, baselines/<name>

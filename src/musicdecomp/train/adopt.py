@@ -12,6 +12,9 @@ and code), and a later change of either retrains it as it would any run:
   against the step's own configuration, data and model, and publishes it in seconds instead of training:
   ``best.pt``, ``config.json``, ``metrics.jsonl``, ``curves.png`` and ``train.json`` (with ``adopted``: where from,
   and which code files differ from the code that trained it), and logs it into MLflow as ``ingest-run`` does.
+  ``adopted.json`` and ``ckpt/best.pt`` (the best model, which the workflow tools do not delete before a rerun)
+  stay beside them: should the run be trained here later (its parameters or code changed), the loop first moves
+  the adopted run to ``stale/<time>/``, as it does a finished run's checkpoint.
 
 Checks, each a one-line error naming the file and the fix: the run's configuration equals the step's (the keys
 that differ are named); it finished (``train.json`` with all its steps); its ``best.pt`` holds that configuration
@@ -26,6 +29,7 @@ it on the test split without extracting the slots of the training and validation
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -177,6 +181,7 @@ def adopt_staged(run_dir: Path, cfg: dict, model, data_id: str | None, code: dic
     summary = {**summary, "data_id": summary.get("data_id") or data_id,
                "adopted": {"from": meta["from"], "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "code_differs": differs}}
     summary.pop("mlflow_run_id", None)  # the run's own (on another machine), not this experiment's
+    write_json(run_dir / META, summary["adopted"])  # so that training it here again sets the adopted run aside
     write_json(run_dir / "train.json", summary)
     if tracking and tracking.get("mlflow_uri"):
         from musicdecomp.train.ingest import ingest_run
@@ -185,6 +190,14 @@ def adopt_staged(run_dir: Path, cfg: dict, model, data_id: str | None, code: dic
                 **({"musicdecomp.adopted_code_differs": ",".join(differs)} if differs else {})}
         summary["mlflow_run_id"] = ingest_run(run_dir, tracking, tags=tags)
         write_json(run_dir / "train.json", summary)
+    # as a run trained here keeps it: the workflow tools delete best.pt before they rerun the step, ckpt/ survives
+    keep = run_dir / "ckpt/best.pt"
+    keep.parent.mkdir(exist_ok=True)
+    keep.unlink(missing_ok=True)
+    try:
+        os.link(run_dir / "best.pt", keep)  # the same file, no second copy on disk
+    except OSError:
+        copy_file(run_dir / "best.pt", keep)
     shutil.rmtree(stage)
     log.info("%s: adopted the run trained in %s (%d steps, best at step %s)%s", cfg["run_name"], meta["from"],
              summary["steps"], summary.get("best_step"),

@@ -171,7 +171,7 @@ def read_best(path: str | Path) -> tuple[float, int]:
 
 # what a run folder holds of its training (set aside together when a run starts over)
 RUN_STATE = ("ckpt", "best.pt", "train.json", "config.json", "metrics.jsonl", "progress.json", "curves.png",
-             "test.json", "test.png", "test_audio", "probe", "probe.json")
+             "test.json", "test.png", "test_audio", "probe", "probe.json", "adopted.json", "train.log")
 
 
 def _not_resumable(state: dict, cfg: dict, steps: int, data_id: str | None) -> str:
@@ -273,6 +273,9 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
         log.warning("%s is not resumed: %s. It and the run's logs are moved to %s; %s trains from step 0",
                     ckpt_path, reason, moved, cfg["run_name"])
         state = None
+    if state is None and (run_dir / "adopted.json").exists():  # an adopted run (no checkpoint) trained again here
+        log.warning("%s holds a run adopted from elsewhere (adopted.json); it is moved to %s and %s trains from step 0",
+                    run_dir, set_aside(run_dir), cfg["run_name"])
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
