@@ -134,8 +134,9 @@ def stage_adoption(src: str | Path, params: dict, root: str | Path = ".", trust_
             log.warning("its probe is not adopted (the probe step trains one): %s", e)
 
     dst = root / dst
-    if dst.resolve() == src.resolve() or dst.resolve() in src.resolve().parents:
-        raise UserError(f"{src} is the pipeline's own folder of this run: adopt a run from outside results/")
+    if src.resolve() in (dst.resolve(), (dst / ADOPT).resolve()):
+        raise UserError(f"{src} is the pipeline's own folder of this run: adopt the run from where it was trained "
+                        f"or kept (train.json's adopted.from names it)")
     if any((dst / n).exists() for n in RUN_STATE):
         log.warning("%s held a run of its own: moved to %s", dst, set_aside(dst))
     shutil.rmtree(dst / ADOPT, ignore_errors=True)
