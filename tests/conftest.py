@@ -120,6 +120,14 @@ def tiny_run(tmp_path_factory, tiny_override, soundfont) -> Path:
     return workdir
 
 
+def pipeline_root(tmp_path: Path, tiny_run: Path) -> Path:
+    """An empty pipeline folder under ``tmp_path`` that sees the tiny run's datasets (as adopt-run's root)."""
+    root = tmp_path / "pipeline"
+    (root / "results").mkdir(parents=True)
+    (root / "results/data").symlink_to(tiny_run / "results/data")
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_all(tiny_run, tiny_override) -> Path:
     """The whole tiny chain (`all`: data, every MusicSlots variant of the sweep, evaluations, tables) in the

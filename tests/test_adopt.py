@@ -17,7 +17,7 @@ from musicdecomp.sweep import run_dir
 from musicdecomp.train.adopt import stage_adoption, staged
 from musicdecomp.train.musicslots import train_musicslots
 
-from conftest import REPO, run, snakemake
+from conftest import REPO, pipeline_root, run, snakemake
 
 VARIANT = "none-t1-imp_true-k4"
 
@@ -30,13 +30,6 @@ def train_elsewhere(tiny_params, data: Path, where: Path, seed: int = 0, probe: 
     if probe and "stopped_at" not in summary:
         probe_run(step_config(tiny_params, "probe"), src, data, src / "probe.json", device="cpu")
     return cfg, src
-
-
-def pipeline_root(tmp_path: Path, tiny_run: Path) -> Path:
-    root = tmp_path / "pipeline"
-    (root / "results").mkdir(parents=True)
-    (root / "results/data").symlink_to(tiny_run / "results/data")
-    return root
 
 
 def test_an_adopted_run_is_published_instead_of_trained_and_its_probe_with_it(tiny_run, tiny_params, tmp_path):

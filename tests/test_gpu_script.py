@@ -19,7 +19,7 @@ from musicdecomp.train.adopt import stage_adoption
 from musicdecomp.train.musicslots import train_musicslots
 from musicdecomp.train.loop import COMPACT, SPEED_OPTIONS, read_best
 
-from conftest import REPO, tool_env
+from conftest import REPO, pipeline_root, tool_env
 
 SCRIPT = REPO / "workflow/scripts/musicslots_gpu.py"
 _spec = importlib.util.spec_from_file_location("musicslots_gpu", SCRIPT)
@@ -356,9 +356,7 @@ def test_a_run_finished_in_the_work_folder_is_not_trained_again(tiny_run, tiny_o
                    tiny_override, "--variants", VARIANTS[0], "--runs", kept.parent, cwd=tiny_run)
     assert refused.returncode == 1 and f"Leave {VARIANTS[0]} out of --variants" in refused.stderr
     # instead, it is adopted as the pipeline's run (tests/test_adopt.py): with its probe, nothing trained again
-    root = tmp_path / "pipeline"
-    (root / "results").mkdir(parents=True)
-    (root / "results/data").symlink_to(tiny_run / "results/data")
+    root = pipeline_root(tmp_path, tiny_run)
     assert stage_adoption(kept, tiny_params, root=root)["probe"]
     dst, data = root / run_dir("jsb_multi", VARIANTS[0], 0), root / "results/data/jsb_multi"
     cfg = step_config(tiny_params, "train_musicslots", "jsb_multi", VARIANTS[0], 0)

@@ -112,6 +112,11 @@ def probe_config(params: dict, *_run) -> dict:
     return {"train": params["probe"]["train"]}
 
 
+def probe_train_config(run_cfg: dict, probe_cfg: dict) -> dict:
+    """The configuration of the probe trained on the run ``run_cfg`` with the probe step's slice ``probe_cfg``."""
+    return {"run_name": f"{run_cfg['run_name']}/probe", "seed": run_cfg["seed"], "train": probe_cfg["train"]}
+
+
 def probe_runs(params: dict) -> list[tuple[str, str, int]]:
     """The MusicSlots runs whose slots are probed."""
     wanted = set(params["probe"]["musicslots_variants"])

@@ -205,15 +205,12 @@ def check_continued(run: Path, cfg: dict, params: list[str]) -> None:
     trained = json.loads((run / "config.json").read_text())
     if trained == cfg:
         return
-    from musicdecomp.config import flatten
-    from musicdecomp.train.loop import differing_keys
+    from musicdecomp.train.loop import config_differences
 
-    keys, was, now = differing_keys(trained, cfg), flatten(trained), flatten(cfg)
-    shown = ", ".join(f"{k} ({was.get(k)!r} in the run, {now.get(k)!r} staged)" for k in keys[:4])
-    sys.exit(f"{run} was trained with other parameters than {' + '.join(params)} give: {shown}"
-             f"{', ...' if len(keys) > 4 else ''}. Continuing it there would start it over; stage it with the "
-             f"parameter files it was trained with (e.g. config/attention_standard.yaml for the runs trained before "
-             f"attention: official became the default), or leave out --runs to train from step 0")
+    sys.exit(f"{run} was trained with other parameters than {' + '.join(params)} give: "
+             f"{config_differences(trained, cfg, 'staged')}. Continuing it there would start it over; stage it with "
+             f"the parameter files it was trained with (e.g. config/attention_standard.yaml for the runs trained "
+             f"before attention: official became the default), or leave out --runs to train from step 0")
 
 
 def log(msg: str, t0: float) -> None:

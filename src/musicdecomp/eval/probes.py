@@ -21,6 +21,7 @@ from musicdecomp.eval.accuracy import grid_level, note_level
 from musicdecomp.io import sha256_of, write_json
 from musicdecomp.logs import get_logger
 from musicdecomp.models.baselines import NoteProbe, multilabel_loss, multilabel_targets
+from musicdecomp.sweep import probe_train_config
 from musicdecomp.train.adopt import staged
 from musicdecomp.train.loop import autocast, load_best, pick_device, run_training
 from musicdecomp.train.tracking import log_to_training_run
@@ -122,7 +123,7 @@ def probe_run(probe_cfg: dict, run_dir: str | Path, data_dir: str | Path, out_js
         # a finished probe staged for adoption (musicdecomp.train.adopt) is only scored: no train/valid features
         splits = ("test",) if staged(run_dir / "probe") else SPLITS
         feats = {s: extract(model, data[s], dev, amp, bs) for s in splits}
-        pcfg = {"run_name": f"{cfg['run_name']}/probe", "seed": cfg["seed"], "train": probe_cfg["train"]}
+        pcfg = probe_train_config(cfg, probe_cfg)
         # the features are the frozen model's: a probe checkpoint of another model (or data) is not continued
         data_id = f"{data['train'].source_id}/{sha256_of(run_dir / 'best.pt')[:16]}"
         probe = train_probe(pcfg, feats, run_dir / "probe", dev, probe_kind, n_p, n_i, tracking, data_id)

@@ -35,15 +35,15 @@ import time
 from pathlib import Path
 
 from musicdecomp.errors import UserError
-from musicdecomp.io import atomic_dir, copy_file, read_json, write_json
+from musicdecomp.io import atomic_dir, copy_file, load_torch, read_json, write_json
 from musicdecomp.logs import get_logger
 
 log = get_logger("adopt")
 
 ADOPT = "adopt"  # the staged run, inside the pipeline's folder of the run
 META = "adopted.json"  # {from, staged, trust_data}
-FILES = ("best.pt", "train.json", "config.json", "metrics.jsonl", "curves.png", "progress.json", "train.log")
-PUBLISHED = ("best.pt", "config.json", "metrics.jsonl", "curves.png", "progress.json", "train.log")
+FILES = ("best.pt", "train.json", "config.json", "metrics.jsonl", "curves.png", "progress.json")
+PUBLISHED = ("best.pt", "config.json", "metrics.jsonl", "curves.png", "progress.json")
 
 
 def staged(run_dir: str | Path) -> bool:
@@ -51,18 +51,16 @@ def staged(run_dir: str | Path) -> bool:
     return (Path(run_dir) / ADOPT / META).is_file()
 
 
-def check_run(src: Path, cfg: dict, data_id: str | None, trust_data: bool, fix: str) -> dict:
-    """Check the finished run in ``src`` against ``cfg`` (and ``data_id`` where given); return its train.json.
-    ``fix`` ends the errors about the parameters (how to adopt a run trained with other ones)."""
-    from musicdecomp.train.loop import differing_keys, load_checkpoint
+def check_run(src: Path, cfg: dict, data_id: str | None, trust_data: bool, fix: str) -> tuple[dict, dict]:
+    """Check the finished run in ``src`` against ``cfg`` (and ``data_id`` where given); return its train.json and
+    its best model. ``fix`` ends the errors about the parameters (how to adopt a run trained with other ones)."""
+    from musicdecomp.train.loop import config_differences, load_checkpoint
 
     what = "give a finished run folder (config.json, train.json, best.pt)"
     run_cfg = read_json(src / "config.json", what)
     if run_cfg != cfg:
-        keys = differing_keys(run_cfg, cfg)
-        shown = ", ".join(f"{k} ({_at(run_cfg, k)!r} in the run, {_at(cfg, k)!r} here)" for k in keys[:4])
-        raise UserError(f"{src} was trained with other parameters than the pipeline gives this run: {shown}"
-                        f"{', ...' if len(keys) > 4 else ''}; {fix}")
+        raise UserError(f"{src} was trained with other parameters than the pipeline gives this run: "
+                        f"{config_differences(run_cfg, cfg, 'here')}; {fix}")
     summary = read_json(src / "train.json", "the run has not finished: continue it until it does (e.g. "
                                             "musicslots_gpu.py run), then adopt it")
     if summary.get("steps") != cfg["train"]["steps"]:
@@ -74,9 +72,8 @@ def check_run(src: Path, cfg: dict, data_id: str | None, trust_data: bool, fix: 
                         f"the folder mixes two runs; bring the run back again")
     recorded = summary.get("data_id")
     if recorded is None and (src / "ckpt/last.pt").is_file():
-        import torch
-
-        recorded = torch.load(src / "ckpt/last.pt", map_location="cpu", weights_only=True).get("data_id")
+        recorded = load_torch(src / "ckpt/last.pt", "a readable checkpoint", "", "delete it or bring the run back "
+                              "again").get("data_id")
     if data_id is not None and recorded is not None and recorded != data_id:
         raise UserError(f"{src} was trained on other data (data {recorded}, here {data_id}: the dataset here was built "
                         f"from other chords, notes or parameters); build the data the run was trained on, or train "
@@ -84,22 +81,14 @@ def check_run(src: Path, cfg: dict, data_id: str | None, trust_data: bool, fix: 
     if recorded is None and not trust_data:
         raise UserError(f"{src} does not record the data it was trained on (neither train.json nor ckpt/last.pt has "
                         f"data_id); adopt it with --trust-data if you know it was trained on this dataset")
-    return summary
-
-
-def _at(cfg: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(cfg, dict) or part not in cfg:
-            return None
-        cfg = cfg[part]
-    return cfg
+    return summary, best
 
 
 def stage_adoption(src: str | Path, params: dict, root: str | Path = ".", trust_data: bool = False) -> dict:
     """Check the run folder ``src`` against ``params`` and stage it in its pipeline folder under ``root``.
     Returns {run_dir, targets (what to ask the workflow tools for), probe (whether its probe was staged)}."""
     from musicdecomp.config import step_config
-    from musicdecomp.sweep import baseline_dir, probe_runs, run_dir
+    from musicdecomp.sweep import baseline_dir, probe_runs, probe_train_config, run_dir
     from musicdecomp.train.loop import RUN_STATE, set_aside
 
     src, root = Path(src), Path(root)
@@ -124,7 +113,7 @@ def stage_adoption(src: str | Path, params: dict, root: str | Path = ".", trust_
     check_run(src, cfg, data_id, trust_data, "adopt it with the parameter files it was trained with (--params "
                                              "params.yaml <override.yaml>, and the same --configfile for Snakemake), "
                                              "or train it here")
-    probe_cfg = {"run_name": f"{cfg['run_name']}/probe", "seed": seed, "train": step_config(params, "probe")["train"]}
+    probe_cfg = probe_train_config(cfg, step_config(params, "probe"))
     probe_ok = False
     if (src / "probe").is_dir():
         try:
@@ -156,16 +145,16 @@ def adopt_staged(run_dir: Path, cfg: dict, model, data_id: str | None, code: dic
                  tags: dict) -> dict | None:
     """Publish the run staged in ``run_dir`` (see the module docstring) and return its train.json; None if none
     is staged. Called by the training loop with the step's own configuration, data and model."""
-    from musicdecomp.train.loop import differing_keys, load_checkpoint
+    from musicdecomp.train.loop import differing_keys
 
     stage = run_dir / ADOPT
     if not staged(run_dir):
         return None
     meta = read_json(stage / META, "stage the run again (adopt-run)")
     fix = f"delete {stage} to train the run here instead, or stage one trained with these parameters (adopt-run)"
-    summary = check_run(stage, cfg, data_id, bool(meta.get("trust_data")), fix)
+    summary, best = check_run(stage, cfg, data_id, bool(meta.get("trust_data")), fix)
     try:
-        model.load_state_dict(load_checkpoint(stage / "best.pt")["model"])
+        model.load_state_dict(best["model"])
     except RuntimeError as e:
         raise UserError(f"{stage / 'best.pt'} does not fit the model this code builds ({str(e).splitlines()[0]}); "
                         f"{fix}") from None
@@ -174,8 +163,7 @@ def adopt_staged(run_dir: Path, cfg: dict, model, data_id: str | None, code: dic
             copy_file(stage / name, run_dir / name)
     if (stage / "probe").is_dir():  # for the probe step, which adopts it the same way
         with atomic_dir(run_dir / "probe" / ADOPT) as tmp:
-            for f in (stage / "probe").iterdir():
-                shutil.copy2(f, tmp / f.name)
+            shutil.copytree(stage / "probe", tmp, dirs_exist_ok=True)
             write_json(tmp / META, {**meta, "from": f"{meta['from']}/probe"})
     recorded = summary.get("code")
     differs = None if recorded is None or code is None else differing_keys(recorded, code)  # None: not known

@@ -171,7 +171,7 @@ def read_best(path: str | Path) -> tuple[float, int]:
 
 # what a run folder holds of its training (set aside together when a run starts over)
 RUN_STATE = ("ckpt", "best.pt", "train.json", "config.json", "metrics.jsonl", "progress.json", "curves.png",
-             "test.json", "test.png", "test_audio", "probe", "probe.json", "adopted.json", "train.log")
+             "test.json", "test.png", "test_audio", "probe", "probe.json", "adopted.json")
 
 
 def _not_resumable(state: dict, cfg: dict, steps: int, data_id: str | None) -> str:
@@ -206,6 +206,15 @@ def compact_checkpoint(src: str | Path, dst: str | Path) -> dict:
     state["compact"] = COMPACT
     save(dst, state)
     return {"bytes_before": before, "bytes_after": dst.stat().st_size}
+
+
+def config_differences(trained: dict, cfg: dict, here: str, most: int = 4) -> str:
+    """``key (value in the run, value <here>), ...`` for the first ``most`` keys where two configurations differ."""
+    from musicdecomp.config import flatten
+
+    keys, was, now = differing_keys(trained, cfg), flatten(trained), flatten(cfg)
+    shown = ", ".join(f"{k} ({was.get(k)!r} in the run, {now.get(k)!r} {here})" for k in keys[:most])
+    return shown + (", ..." if len(keys) > most else "")
 
 
 def differing_keys(a, b, prefix: str = "") -> list[str]:
