@@ -31,11 +31,14 @@ def cfg_for(params, programs=(0, 40), **render_overrides):
 
 
 def test_protocol_lengths(params):
-    n_on, n_total = render_lengths(step_config(params, "render"))
+    n_pre, n_on, n_total = render_lengths(step_config(params, "render"))
+    assert n_pre == 64  # the fluidsynth CLI's player starts the note one block into its file
     assert n_on == 22080  # 0.5 s at 44.1 kHz, on FluidSynth's 64-sample blocks
     assert n_on % 64 == 0 and n_total % 64 == 0
     # after 4000 lead zeros and resampling to 16 kHz, 16,384 samples (32 frames) are covered
     assert (n_total + 4000) * 16000 / 44100 >= 16384
+    # a note-on time between blocks takes effect at the next block, as FluidSynth's events do
+    assert render_lengths(step_config(deep_merge(params, {"data": {"render": {"note_on_at": 65}}}), "render"))[0] == 128
 
 
 def test_notes_are_rendered_with_the_protocol(in_tmp, params, chords_csv, soundfont):
@@ -83,6 +86,23 @@ def test_new_program_renders_only_the_new_notes(in_tmp, params, chords_csv, soun
     # a changed render parameter is a different cache: everything is rendered again
     info = render_notes(cfg_for(params, programs=(0,), velocity=64), chords_csv, in_tmp / "c.pt", workers=1)
     assert info["rendered"] == 5
+
+
+def test_pcm16_is_what_a_16_bit_wav_file_keeps(in_tmp, params, chords_csv, soundfont):
+    # floor(x * 2^15) / 2^15, clipped to int16: what libsndfile (<= 1.2.2, clipping on, as FluidSynth's file renderer
+    # sets it) writes and torchaudio.load(normalize=True) reads back
+    x = np.array([0.0, 1e-6, -1e-6, 1.5 / 32768, -1.5 / 32768, 0.25, 1.0, -1.0, -1.2], dtype=np.float32)
+    assert (render.as_pcm16(x) * 32768).tolist() == [0, 0, -1, 1, -2, 8192, 32767, -32768, -32768]
+    exact = render_notes(cfg_for(params, pcm16=False), chords_csv, in_tmp / "float.pt", workers=1)
+    assert exact["rendered"] == 10  # another render parameter: another cache
+    render_notes(cfg_for(params), chords_csv, in_tmp / "pcm.pt", workers=1)
+    a = torch.load(in_tmp / "float.pt", weights_only=True)["audio"]
+    b = torch.load(in_tmp / "pcm.pt", weights_only=True)["audio"]
+    lead = int(4000 * 16000 / 44100)
+    diff = (b - a)[:, lead + 50:]
+    # quantisation error in [-1, 0) LSB before resampling: a mean of about -1/2 LSB, never much beyond one LSB
+    assert diff.abs().max() < 1.5 / 32768 and -0.7 / 32768 < diff.mean() < -0.3 / 32768
+    assert torch.equal(b[:, : lead - 50], torch.zeros_like(b[:, : lead - 50]))  # the lead zeros come after
 
 
 def test_missing_soundfont(in_tmp, params, chords_csv):

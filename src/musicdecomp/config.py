@@ -193,6 +193,8 @@ SCHEMA: dict[str, Check] = {
     "data.render.gain": _num(0, 10, strict_lo=True),
     "data.render.reverb": _bool(),
     "data.render.chorus": _bool(),
+    "data.render.pcm16": _bool(),
+    "data.render.note_on_at": _num(0, 1 << 20, integer=True),
     "data.mel.n_fft": _num(16, 16384, integer=True),
     "data.mel.hop_length": _num(1, 16384, integer=True),
     "data.mel.n_mels": _num(1, 1024, integer=True),

@@ -4,13 +4,22 @@ Protocol (official MusicSlots generator): a quarter note at 120 bpm (0.5 s) at v
 default when it writes MIDI), rendered at 44.1 kHz with FluidSynth's default gain, reverb and chorus;
 4,000 zero samples prepended at 44.1 kHz; resampled to 16 kHz (torchaudio's default windowed sinc); left
 channel. The official code renders a MIDI file with the fluidsynth CLI; here the same synth is driven
-directly through pyfluidsynth: note-on at sample 0, note-off after 0.5 s, and rendering continues
-through the release until ``n_samples`` at 16 kHz are covered (32 mel frames = 16,384 samples).
+directly through pyfluidsynth: note-on at sample ``note_on_at`` (64: the CLI's MIDI player starts the note one
+64-sample block into its file, the synth already running), note-off 0.5 s later, and rendering continues through
+the release until ``n_samples`` at 16 kHz are covered (32 mel frames = 16,384 samples). With ``pcm16`` (below)
+this reproduces the CLI's file (FluidSynth 2.3.1) to the bit for most notes and within 1/2^15 for the others
+(benchmarks/render_vs_official.py).
 
 Each note gets a fresh synth (with dynamic sample loading, about 20 ms): FluidSynth's reverb and chorus
 are modulated, so a reused synth makes a note depend on what was rendered before it (differences up to
 1e-4). A fresh synth makes every note bit-identical however the work is split across workers or runs.
 Note-on and note-off fall on FluidSynth's 64-sample block boundaries.
+
+The official notes pass through a 16-bit WAV file: the CLI writes it through libsndfile, which (up to 1.2.2, the
+version of 2023, with the clipping FluidSynth turns on) floors each sample, floor(x * 2^15); torchaudio.load
+reads it back divided by 2^15. ``pcm16`` (the default) does the same to the synth-rate audio, before the lead
+zeros and the resampling, as the official generator does. Quantisation leaves a note's silent tail at -1/2^15
+(a constant the mel spectrogram sees in its lowest bands, about -43 dB) and raises its quietest pixels.
 """
 
 from __future__ import annotations
@@ -119,16 +128,18 @@ class Synth:
             out.append(self._render(n_total - pos))
         return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
-    def note(self, pitch: int, program: int, velocity: int, n_on: int, n_total: int) -> np.ndarray:
-        """Left channel of one note: on for ``n_on`` samples, then released, ``n_total`` samples in all."""
+    def note(self, pitch: int, program: int, velocity: int, n_on: int, n_total: int, n_pre: int = 0) -> np.ndarray:
+        """Left channel of one note: ``n_pre`` samples of the running synth before the note-on, then on for ``n_on``
+        samples, then released, ``n_total`` samples in all."""
         if self._synth.program_select(0, self.sfid, 0, program) != 0:
             raise UserError(f"the soundfont has no preset for GM program {program} (bank 0); "
                             f"choose another program in datasets.*.programs or another data.render.soundfont")
+        pre = self._render(n_pre)
         self._synth.noteon(0, pitch, velocity)
         on = self._render(n_on)
         self._synth.noteoff(0, pitch)
-        off = self._render(n_total - n_on)
-        return np.concatenate([on, off])[:, 0]
+        off = self._render(n_total - n_pre - n_on)
+        return np.concatenate([pre, on, off])[:, 0]
 
     def close(self) -> None:
         if getattr(self, "_synth", None) is not None:
@@ -136,25 +147,32 @@ class Synth:
             self._synth = None
 
 
-def render_lengths(cfg: dict) -> tuple[int, int]:
-    """(note-on samples, total samples) at the synth rate, both whole FluidSynth blocks."""
+def render_lengths(cfg: dict) -> tuple[int, int, int]:
+    """(samples before the note-on, note-on samples, total samples) at the synth rate, all whole FluidSynth blocks."""
     r = cfg["data.render"]
+    n_pre = BLOCK * -(-r["note_on_at"] // BLOCK)
     on_seconds = r["quarter_lengths"] * 60.0 / r["bpm"]
     n_on = max(BLOCK, BLOCK * round(on_seconds * r["synth_rate"] / BLOCK))
     # enough synth samples that, after the lead zeros and resampling, n_samples are covered (+ filter margin)
     need = math.ceil(r["n_samples"] * r["synth_rate"] / r["sample_rate"]) + 256 - r["lead_zeros"]
-    n_total = max(n_on + BLOCK, BLOCK * math.ceil(need / BLOCK))
-    return n_on, n_total
+    n_total = max(n_pre + n_on + BLOCK, BLOCK * math.ceil(need / BLOCK))
+    return n_pre, n_on, n_total
 
 
 def _render_one(args: tuple) -> tuple[int, int, np.ndarray]:
-    soundfont, r, pitch, program, n_on, n_total = args
+    """One note at the synth rate (float, before ``pcm16``) in a fresh synth."""
+    soundfont, r, pitch, program, n_pre, n_on, n_total = args
     synth = Synth(soundfont, r["synth_rate"], r["gain"], r["reverb"], r["chorus"])
     try:
-        audio = synth.note(pitch, program, r["velocity"], n_on, n_total)
+        audio = synth.note(pitch, program, r["velocity"], n_on, n_total, n_pre)
     finally:
         synth.close()
     return pitch, program, audio
+
+
+def as_pcm16(audio: np.ndarray) -> np.ndarray:
+    """Float audio as a 16-bit WAV file keeps it, read back as float: floor(x * 2^15) clipped to int16, / 2^15."""
+    return (np.clip(np.floor(audio * 32768.0), -32768, 32767) / 32768.0).astype(np.float32)
 
 
 def to_target_rate(audio: np.ndarray, cfg: dict) -> np.ndarray:
@@ -213,13 +231,13 @@ def render_notes(cfg: dict, chords_csv: str | Path, out: str | Path, workers: in
     cache = CACHE_DIR / cache_key(cfg, sf_sha)
     wanted = [(p, prog) for prog in programs for p in pitches]
     todo = [(p, prog) for p, prog in wanted if not (cache / f"p{prog:03d}_n{p:03d}.npy").is_file()]
-    n_on, n_total = render_lengths(cfg)
+    n_pre, n_on, n_total = render_lengths(cfg)
     log.info("%d notes (%d pitches x %d programs); %d cached in %s, %d to render",
              len(wanted), len(pitches), len(programs), len(wanted) - len(todo), cache, len(todo))
     if todo:
         workers = workers or os.cpu_count() or 1
         workers = max(1, min(workers, len(todo) // 8 or 1))
-        jobs = [(r["soundfont"], r, p, prog, n_on, n_total) for p, prog in todo]
+        jobs = [(r["soundfont"], r, p, prog, n_pre, n_on, n_total) for p, prog in todo]
         bar = progress(total=len(jobs), desc="render notes", unit="note")
         raw: list[tuple[int, int, np.ndarray]] = []
         if workers == 1:
@@ -232,7 +250,8 @@ def render_notes(cfg: dict, chords_csv: str | Path, out: str | Path, workers: in
                     raw.append(res)
                     bar.update()
         bar.close()
-        audio = to_target_rate(np.stack([a for _, _, a in raw]), cfg)
+        audio = np.stack([a for _, _, a in raw])
+        audio = to_target_rate(as_pcm16(audio) if r["pcm16"] else audio, cfg)
         for (p, prog, _), wave in zip(raw, audio):
             with atomic_path(cache / f"p{prog:03d}_n{p:03d}.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, wave)
