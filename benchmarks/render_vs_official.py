@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from musicdecomp.data.mel import MelFeatures
-from musicdecomp.data.official_render import cli_version, midi_file, official_waveform, render_cli
-from musicdecomp.data.render import _render_one, as_pcm16, render_lengths
+from musicdecomp.data.official_render import cli_version, midi_file, render_cli
+from musicdecomp.data.render import _render_one, as_pcm16, render_lengths, to_target_rate
 from musicdecomp.eval.metrics import note_metrics, oracle_slot_db
 
 
@@ -71,7 +71,7 @@ def main() -> None:
             mid, wav = Path(tmp) / f"{i}.mid", Path(tmp) / f"{i}.wav"
             end = midi_file(mid, pitch, program, render["velocity"], render["bpm"], render["quarter_lengths"])
             audio = render_cli(render["soundfont"], mid, wav, render["synth_rate"])
-            cli_audio.append(official_waveform(audio, render))
+            cli_audio.append(torch.from_numpy(to_target_rate(audio[None, :, 0], {"data.render": render})[0]))
             # our synth-rate render of the same note, as the render step makes it before the lead zeros
             ours = _render_one((render["soundfont"], render, pitch, program, *lengths))[2]
             ours = as_pcm16(ours) if render.get("pcm16") else ours
@@ -84,9 +84,9 @@ def main() -> None:
     cli_db = features.db(torch.stack(cli_audio))
     crop_end = (mel["n_frames"] - 1) * mel["hop_length"] + mel["n_fft"] // 2
     for r, a, b, wa, wb in zip(rows, ours_db, cli_db, notes["audio"], cli_audio):
-        loud = (a >= mel["mask_db"]) | (b >= mel["mask_db"])
         ma, mb = a >= mel["mask_db"], b >= mel["mask_db"]
-        union = (ma | mb).sum()
+        loud = ma | mb
+        union = loud.sum()
         r.update({"peak_db_ours": float(a.max()), "peak_db_cli": float(b.max()),
                   "mse_db2": float(((a - b) ** 2).mean()),
                   "mean_abs_db_loud": float((a - b)[loud].abs().mean()) if loud.any() else None,

@@ -2,7 +2,8 @@
 
 music21 writes a one-note MIDI file, the ``fluidsynth`` command line renders it (``fluidsynth -ni <sf2> <mid> -F
 <wav> -r 44100 -q``, as the official ``midi2audio.py`` calls it), and the WAV file is read back as
-torchaudio.load(normalize=True) reads it. Needs the command line (Debian: ``apt-get install
+torchaudio.load(normalize=True) reads it; the official lead zeros, resampling and channel are the render step's own
+(``render.to_target_rate`` of the left channel). Needs the command line (Debian: ``apt-get install
 --no-install-recommends fluidsynth``); the pipeline does not.
 """
 
@@ -13,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from musicdecomp.errors import UserError
 
@@ -59,7 +59,7 @@ def render_cli(soundfont: str, mid: Path, wav: Path, rate: int) -> np.ndarray:
     """Stereo (n, 2) float32, scaled as torchaudio.load(normalize=True) scales 16-bit WAV."""
     import soundfile as sf
 
-    if cli_version() is None:
+    if shutil.which("fluidsynth") is None:
         raise UserError("no fluidsynth command line to check against: apt-get install --no-install-recommends "
                         "fluidsynth")
     subprocess.run(["fluidsynth", "-ni", soundfont, str(mid), "-F", str(wav), "-r", str(rate), "-q"],
@@ -68,13 +68,3 @@ def render_cli(soundfont: str, mid: Path, wav: Path, rate: int) -> np.ndarray:
     if sr != rate:
         raise UserError(f"{wav}: the fluidsynth command line wrote {sr} Hz, not the {rate} asked for")
     return audio
-
-
-def official_waveform(audio: np.ndarray, render: dict) -> torch.Tensor:
-    """Lead zeros, resample (torchaudio's default windowed sinc), channel 0, first n_samples: (n_samples,)."""
-    import torchaudio.functional as AF
-
-    x = torch.from_numpy(audio.T.copy())
-    x = torch.nn.functional.pad(x, (render["lead_zeros"], 0))
-    y = AF.resample(x, render["synth_rate"], render["sample_rate"])[0]
-    return y[: render["n_samples"]]
