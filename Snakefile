@@ -16,6 +16,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/musicslots.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/codec.smk"
+include: "workflow/rules/composable.smk"
 
 
 rule all:

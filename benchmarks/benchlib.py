@@ -62,8 +62,9 @@ def checkpoint_parser(doc: str):
 def load_trained(args) -> tuple[torch.device, dict, object, torch.nn.Module]:
     """(device, checkpoint state, test split, model with the checkpoint's weights) for ``checkpoint_parser``'s args."""
     from musicdecomp.data.datasets import load_split
-    from musicdecomp.train.loop import load_best, load_checkpoint, pick_device
-    from musicdecomp.train.musicslots import build_model
+    from musicdecomp.device import pick_device
+    from musicdecomp.models.musicslots import build_model
+    from musicdecomp.train.checkpoints import load_best, load_checkpoint
 
     dev = pick_device(args.device)
     state = load_best(args.run) if args.checkpoint is None else load_checkpoint(args.checkpoint)

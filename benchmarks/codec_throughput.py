@@ -6,7 +6,7 @@ the device into benchmarks/.
 
 Synthetic audio (the speed does not depend on it); the EnCodec 24 kHz architecture with fresh codebooks
 (initialised by k-means on 8 one-second crops, as training does; timed apart). The timed training step is the real one
-(codec/train.py's loss: waveform L1 + multi-scale mel + commitment, backward, clipping, Adam) on 1-s crops.
+(train/codec.py's loss: waveform L1 + multi-scale mel + commitment, backward, clipping, Adam) on 1-s crops.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import torch
-
-from musicdecomp.codec.model import build_encodec, codes_to_latent, encode_codes, latent_to_audio
-from musicdecomp.codec.train import INIT_CROPS, multiscale_mel_loss
-from musicdecomp.train.loop import pick_device
-
 from benchlib import device_name, timed, write_record
+
+from musicdecomp.device import pick_device
+from musicdecomp.models.encodec import build_encodec, codes_to_latent, encode_codes, latent_to_audio
+from musicdecomp.train.codec import INIT_CROPS, multiscale_mel_loss
 
 
 def main() -> None:

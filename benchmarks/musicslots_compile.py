@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import torch
+from benchlib import device_name, write_record
 from torch.utils.flop_counter import FlopCounterMode
 
+from musicdecomp.device import autocast, pick_device
 from musicdecomp.models.musicslots import MusicSlots
-from musicdecomp.train.loop import Update, autocast, pick_device
-
-from benchlib import device_name, write_record
+from musicdecomp.train.loop import Update
 
 # name: (amp, compile mode or None, channels-last weights). Inductor's layout optimisation is turned off for the
 # compiled modes in NCHW: it predicts NHWC strides for the decoder's transposed convolutions (output_padding, equal

@@ -17,13 +17,12 @@ import time
 
 import numpy as np
 import torch
-
-from musicdecomp.data.figures import midi_name
-from musicdecomp.eval.metrics import note_metrics, oracle_slot_db
-from musicdecomp.logs import progress
-from musicdecomp.train.loop import autocast
-
 from benchlib import checkpoint_parser, checkpoint_record, load_trained, save_record
+
+from musicdecomp.data.jsb import midi_name
+from musicdecomp.device import autocast
+from musicdecomp.logs import progress
+from musicdecomp.metrics.notes import note_metrics, oracle_slot_db
 
 REGISTERS = ((0, 55), (56, 67), (68, 79), (80, 127))  # MIDI ranges (inclusive)
 

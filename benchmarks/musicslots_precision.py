@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 
 import torch
+from benchlib import device_name, write_record
 
 from musicdecomp.data.datasets import load_split
+from musicdecomp.device import AMP, pick_device
 from musicdecomp.models.musicslots import MusicSlots
-from musicdecomp.train.loop import AMP, pick_device
-
-from benchlib import device_name, write_record
 
 
 @contextlib.contextmanager

@@ -21,10 +21,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from musicdecomp.train.musicslots import evaluate
-
 from benchlib import checkpoint_parser, checkpoint_record, load_trained, save_record
+
+from musicdecomp.metrics.musicslots import evaluate
 
 
 def restart_metrics(model, data, device, amp: str, batch_size: int, limit: int, restarts: int,

@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-
-from musicdecomp.models.musicslots import MusicSlots
-from musicdecomp.train.loop import Update, autocast, pick_device
-
 from benchlib import device_name, timed, write_record
+
+from musicdecomp.device import autocast, pick_device
+from musicdecomp.models.musicslots import MusicSlots
+from musicdecomp.train.loop import Update
 
 
 def make_step(mask: str, stride: int, batch: int, amp: str, device: torch.device, channels_last: bool = False,
@@ -56,7 +56,8 @@ def bench(mask: str, stride: int, steps: int, batch: int, amp: str, device: torc
 
 def profile(step, device: torch.device, steps: int = 10, rows: int = 25) -> list[dict]:
     """The kernels (or CPU ops) that take the most time over ``steps`` training steps."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     for _ in range(3):
         step()

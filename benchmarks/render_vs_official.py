@@ -26,7 +26,7 @@ import torch
 from musicdecomp.data.mel import MelFeatures
 from musicdecomp.data.official_render import cli_version, midi_file, render_cli
 from musicdecomp.data.render import _render_one, as_pcm16, render_lengths, to_target_rate
-from musicdecomp.eval.metrics import note_metrics, oracle_slot_db
+from musicdecomp.metrics.notes import note_metrics, oracle_slot_db
 
 
 def scores(bank_db: torch.Tensor, split: dict, num_slots: int, mask_db: float, slots_db=None) -> dict:

@@ -9,15 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO, pipeline_root, run, snakemake
 
-from musicdecomp.config import step_config
 from musicdecomp.errors import UserError
 from musicdecomp.eval.probes import probe_run
+from musicdecomp.pipeline import code_id, step_config
 from musicdecomp.sweep import run_dir
 from musicdecomp.train.adopt import stage_adoption, staged
 from musicdecomp.train.musicslots import train_musicslots
-
-from conftest import REPO, pipeline_root, run, snakemake
 
 VARIANT = "none-t1-imp_true-k4"
 
@@ -26,7 +25,7 @@ def train_elsewhere(tiny_params, data: Path, where: Path, seed: int = 0, probe: 
     """A run as the GPU script leaves it: trained without MLflow, then probed."""
     cfg = step_config(tiny_params, "train_musicslots", "jsb_multi", VARIANT, seed)
     src = where / VARIANT
-    summary = train_musicslots(cfg, data, src, device="cpu", threads=1, **kw)
+    summary = train_musicslots(cfg, data, src, device="cpu", threads=1, code=code_id("train_musicslots"), **kw)
     if probe and "stopped_at" not in summary:
         probe_run(step_config(tiny_params, "probe"), src, data, src / "probe.json", device="cpu")
     return cfg, src
@@ -44,13 +43,14 @@ def test_an_adopted_run_is_published_instead_of_trained_and_its_probe_with_it(ti
     trained = json.loads((src / "train.json").read_text())  # as if trained by an older train/loop.py
     trained["code"]["train/loop.py"] = "0" * 16
     (src / "train.json").write_text(json.dumps(trained))
-    res = stage_adoption(src, tiny_params, root=root)
+    res = stage_adoption(src, tiny_params, step_config, root=root)
     assert res["run_dir"] == str(dst) and res["probe"] and staged(dst) and (dst / "adopt/probe/best.pt").exists()
     assert res["targets"] == [f"{run_dir('jsb_multi', VARIANT, 0)}/test.json"]  # not a probed variant in tiny
     assert not (dst / "train.json").exists() and [p.name for p in (dst / "stale").glob("*/train.json")]
 
     tracking = {"mlflow_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "adopt"}
-    summary = train_musicslots(cfg, data, dst, device="cpu", tracking=tracking)  # what both workflow tools call
+    summary = train_musicslots(cfg, data, dst, device="cpu", tracking=tracking,  # what both workflow tools call
+                               code=code_id("train_musicslots"))
     assert summary["adopted"] == {"from": str(src.resolve()), "at": summary["adopted"]["at"],
                                   "code_differs": ["train/loop.py"]}
     assert not (dst / "ckpt/last.pt").exists() and not (dst / "adopt").exists()  # published, not trained
@@ -88,9 +88,9 @@ def test_runs_that_do_not_match_are_refused(tiny_run, tiny_params, tmp_path):
     other = json.loads(json.dumps(tiny_params))
     other["musicslots"]["train"]["lr"] = 0.0002
     with pytest.raises(UserError, match=r"other parameters .*: train\.lr \(0\.0003 in the run, 0\.0002 here\)"):
-        stage_adoption(src, other, root=root)
+        stage_adoption(src, other, step_config, root=root)
     with pytest.raises(UserError, match="is not a folder"):
-        stage_adoption(tmp_path / "nowhere", tiny_params, root=root)
+        stage_adoption(tmp_path / "nowhere", tiny_params, step_config, root=root)
     cli = run([sys.executable, "-m", "musicdecomp", "adopt-run", "--from", str(tmp_path / "nowhere")], cwd=root,
               check=False)
     assert cli.returncode == 2 and cli.stderr.startswith("musicdecomp adopt-run: error: ")
@@ -98,18 +98,18 @@ def test_runs_that_do_not_match_are_refused(tiny_run, tiny_params, tmp_path):
 
     _, stopped = train_elsewhere(tiny_params, data, tmp_path / "stopped", stop_after=2)
     with pytest.raises(UserError, match="has not finished"):
-        stage_adoption(stopped, tiny_params, root=root)
+        stage_adoption(stopped, tiny_params, step_config, root=root)
 
     summary = json.loads((src / "train.json").read_text())
     (src / "train.json").write_text(json.dumps({**summary, "data_id": "0" * 16}))
     with pytest.raises(UserError, match="trained on other data"):
-        stage_adoption(src, tiny_params, root=root)
+        stage_adoption(src, tiny_params, step_config, root=root)
     del summary["data_id"]
     (src / "train.json").write_text(json.dumps(summary))
     shutil.rmtree(src / "ckpt")  # a finished run brought back without ckpt/last.pt
     with pytest.raises(UserError, match="does not record the data"):
-        stage_adoption(src, tiny_params, root=root)
-    dst = Path(stage_adoption(src, tiny_params, root=root, trust_data=True)["run_dir"])
+        stage_adoption(src, tiny_params, step_config, root=root)
+    dst = Path(stage_adoption(src, tiny_params, step_config, root=root, trust_data=True)["run_dir"])
     assert not (dst / "adopt/probe").exists()  # no probe came with it
 
     # the training step checks again: staged with the parameters of then, run with the ones of now
@@ -162,11 +162,11 @@ def test_a_baseline_run_is_adopted_into_its_baseline_folder(tiny_run, tiny_param
     train_baseline(cfg, data, src, device="cpu", threads=1)
     probe_run(step_config(tiny_params, "probe"), src, data, src / "probe.json", device="cpu")
     root = pipeline_root(tmp_path, tiny_run)
-    res = stage_adoption(src, tiny_params, root=root)
+    res = stage_adoption(src, tiny_params, step_config, root=root)
     dst = root / baseline_dir("jsb_multi", "vae-kl0.0", 0)
     assert res["run_dir"] == str(dst) and res["targets"] == [f"{baseline_dir('jsb_multi', 'vae-kl0.0', 0)}/probe.json"]
     assert train_baseline(cfg, data, dst, device="cpu")["adopted"]["from"] == str(src.resolve())
     out = probe_run(step_config(tiny_params, "probe"), dst, data, dst / "probe.json", device="cpu")
     assert out["test"] == json.loads((src / "probe.json").read_text())["test"] and not (dst / "ckpt/last.pt").exists()
     with pytest.raises(UserError, match="is the pipeline's own folder of this run"):
-        stage_adoption(dst, tiny_params, root=root)
+        stage_adoption(dst, tiny_params, step_config, root=root)

@@ -4,21 +4,20 @@ import json
 
 import pytest
 import torch
+from conftest import REPO
+from test_slakh import write_track
 
-from musicdecomp.codec.latents import cache_codes, subset_codes
-from musicdecomp.codec.model import build_encodec, codes_to_latent, encode_codes, latent_to_audio
-from musicdecomp.codec.source import load_codec, prepare_codec
-from musicdecomp.codec.train import stems_data_id, train_codec
-from musicdecomp.config import deep_merge, load_params, step_config
+from musicdecomp.config import deep_merge, load_params
 from musicdecomp.data.stems import build_stems, load_chunk
 from musicdecomp.errors import UserError
 from musicdecomp.eval.codec import evaluate_codec
-from musicdecomp.eval.msstft import ms_stft_distance
 from musicdecomp.io import sha256_of
-from musicdecomp.train.loop import load_best
-
-from conftest import REPO
-from test_slakh import write_track
+from musicdecomp.metrics.msstft import ms_stft_distance
+from musicdecomp.models.codes import cache_codes, subset_codes
+from musicdecomp.models.encodec import build_encodec, codes_to_latent, encode_codes, latent_to_audio, load_codec
+from musicdecomp.pipeline import step_config
+from musicdecomp.train.checkpoints import load_best
+from musicdecomp.train.codec import prepare_codec, stems_data_id, train_codec
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +162,7 @@ def test_codec_training_stopped_by_its_time_limit_writes_no_codec(stems_dir, tmp
 
 def test_fast_kmeans_matches_encodec():
     """The codebook initialisation is encodec's k-means, only computed without the (n, 1024, 128) tensor."""
-    from musicdecomp.codec import model
+    from musicdecomp.models import encodec as model
 
     model.build_encodec(1.5)
     reference = model.ENCODEC_KMEANS

@@ -6,14 +6,13 @@ import shutil
 
 import pytest
 import torch
-
-from musicdecomp.codec.model import build_encodec
-from musicdecomp.codec.source import load_codec, prepare_codec
-from musicdecomp.codec.weights import find_weights, load_pretrained
-from musicdecomp.config import step_config
-from musicdecomp.errors import UserError
-
 from conftest import serve_folder
+
+from musicdecomp.errors import UserError
+from musicdecomp.models.encodec import build_encodec, load_codec
+from musicdecomp.models.encodec_weights import find_weights, load_pretrained, resolve_source
+from musicdecomp.pipeline import step_config
+from musicdecomp.train.codec import prepare_codec
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +92,24 @@ def test_codes_latents_audio_shapes(weights_file, tmp_path):
     (tmp_path / "junk.th").write_bytes(b"junk")
     with pytest.raises(UserError, match="is not an EnCodec 24 kHz state dict"):
         load_pretrained(tmp_path / "junk.th")
+
+
+def test_auto_with_a_weights_path_that_does_not_exist_is_an_error(weights_file, torch_home, tmp_path, params):
+    """codec.source auto with codec.weights set: the weights there mean pretrained, a wrong path is an error (not a
+    silent fallback to training a codec), even when the hub cache holds the weights."""
+    codec = {**params["codec"], "source": "auto", "url": f"http://127.0.0.1:9/{weights_file.name}"}
+    assert resolve_source({**codec, "weights": str(weights_file)}) == "pretrained"
+    cache = torch_home / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    shutil.copy(weights_file, cache / weights_file.name)
+    missing = tmp_path / "typo" / weights_file.name
+    with pytest.raises(UserError) as err:
+        resolve_source({**codec, "weights": str(missing)})
+    msg = str(err.value)
+    assert msg.startswith(f"codec.weights: {missing} does not exist; fix the path") and "\n" not in msg
+    assert "set codec.weights to null" in msg
+    assert resolve_source({**codec, "weights": None}) == "pretrained"  # the hub cache, as the message says
+    assert resolve_source({**codec, "source": "trained", "weights": str(missing)}) == "trained"  # not auto: as given
 
 
 def test_codec_step_uses_pretrained_weights_where_present(weights_file, torch_home, tmp_path, params):

@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import pytest
-
-from musicdecomp.config import check_slice, deep_merge, flatten, load_params, step_config, validate
-from musicdecomp.errors import UserError
-from musicdecomp.sweep import baseline_runs, musicslots_runs, probe_runs
-
 from conftest import REPO, tool_env
+
+from musicdecomp.config import deep_merge, flatten, load_params, validate
+from musicdecomp.errors import UserError
+from musicdecomp.pipeline import check_slice, step_config
+from musicdecomp.sweep import baseline_runs, musicslots_runs, probe_runs
 
 
 def test_default_params_are_valid(params):
@@ -44,11 +44,14 @@ def test_deep_merge_overrides_leaves_and_keeps_siblings():
 
 
 def test_tiny_config_only_shrinks_the_run(tiny_params, params):
-    """The tiny override changes sizes (chords, assignments, model width, steps), never the data protocol."""
+    """The tiny override changes sizes (chords, assignments, model width, steps), never the data protocol (the
+    tests' own override only points the sources at the synthetic JSB files, which have no checksum)."""
     changed = {k for k, v in flatten(tiny_params).items() if flatten(params).get(k) != v}
-    data_changes = {k for k in changed if not k.startswith(("musicslots.", "baselines.", "probe.", "stems.", "codec."))}
+    data_changes = {k for k in changed if not k.startswith(("musicslots.", "baselines.", "probe.", "stems.", "codec.",
+                                                            "composable."))}
     assert data_changes == {"data.jsb.chords.max_chords", "datasets.jsb_multi.assignments_per_chord",
-                            "figures.n_examples", "data.jsb.source.json_path", "data.jsb16.source.json_path"}
+                            "figures.n_examples", "data.jsb.source.json_path", "data.jsb16.source.json_path",
+                            "data.jsb.source.sha256", "data.jsb16.source.sha256"}
     assert {k for k in changed if k.startswith("musicslots.model.")} <= {
         "musicslots.model.dim", "musicslots.model.enc_channels", "musicslots.model.iters"}
     # the codec: explicitly the trained alternative (CI has no weights either way), fewer codebooks, shorter crops,
@@ -56,9 +59,18 @@ def test_tiny_config_only_shrinks_the_run(tiny_params, params):
     assert {k for k in changed if k.startswith("codec.") and not k.startswith("codec.trained.train.")} == {
         "codec.source", "codec.bandwidth", "codec.encode_batch", "codec.trained.crop_seconds",
         "codec.eval.max_chunks", "codec.eval.n_examples"}
+    # composable representations: narrower and shallower networks, few epochs, chunks and sampling steps; the data,
+    # the objective, the operators, the normalisation and the crop are the protocol's
+    assert {k for k in changed if k.startswith("composable.")} <= {
+        *(f"composable.model.unet.{k}" for k in ("channels", "kernels", "strides", "attention", "emb_dim", "head_dim",
+                                                  "dropout")), "composable.model.encoder.channels",
+        *(f"composable.train.{k}" for k in ("epochs", "batch_size", "log_every", "eval_every", "val_examples",
+                                            "eval_batch_size", "checkpoint_every")),
+        *(f"composable.eval.{k}" for k in ("max_chunks", "sample_steps", "batch_size", "n_examples")),
+        "composable.baselines.nmf_components"}
     assert not {k for k in changed if k.endswith((".lr", ".batch_size")) and not k.startswith("probe.")} - {
         "musicslots.train.batch_size", "baselines.vae.train.batch_size", "baselines.cnn.train.batch_size",
-        "codec.trained.train.batch_size"}
+        "codec.trained.train.batch_size", "composable.train.batch_size", "composable.eval.batch_size"}
 
 
 @pytest.mark.parametrize("key, value, words", [
@@ -143,13 +155,15 @@ def _every_slice(params):
     import json
 
     from musicdecomp.pipeline import STEPS
-    from musicdecomp.sweep import baseline_runs, musicslots_runs
+    from musicdecomp.sweep import baseline_runs, composable_runs, musicslots_runs
 
     for step, spec in STEPS.items():
         if step == "train_musicslots":
             runs = musicslots_runs(params)
         elif step == "train_baseline":
             runs = baseline_runs(params)
+        elif step == "train_composable":
+            runs = composable_runs(params)
         elif spec.per_dataset:
             runs = [(name, None, None) for name in params["datasets"]]
         else:

@@ -3,12 +3,11 @@
 import hashlib
 
 import pytest
+from conftest import serve_folder
 
 from musicdecomp.data import jsb
 from musicdecomp.data.jsb import fetch_jsb, read_jsb_json
 from musicdecomp.errors import UserError
-
-from conftest import serve_folder
 
 SMALL = b'{"train": [[[60, 64, 67]]], "valid": [[[62, 65]]], "test": [[[59, 62, 67]]]}'
 

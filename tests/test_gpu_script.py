@@ -11,15 +11,16 @@ import tarfile
 
 import pytest
 import torch
+from conftest import REPO, pipeline_root, tool_env
 
-from musicdecomp.config import load_params, step_config
+from musicdecomp.config import load_params
 from musicdecomp.eval.probes import probe_run
+from musicdecomp.pipeline import code_id, step_config
 from musicdecomp.sweep import run_dir
 from musicdecomp.train.adopt import stage_adoption
+from musicdecomp.train.checkpoints import COMPACT, read_best
+from musicdecomp.train.loop import SPEED_OPTIONS
 from musicdecomp.train.musicslots import train_musicslots
-from musicdecomp.train.loop import COMPACT, SPEED_OPTIONS, read_best
-
-from conftest import REPO, pipeline_root, tool_env
 
 SCRIPT = REPO / "workflow/scripts/musicslots_gpu.py"
 _spec = importlib.util.spec_from_file_location("musicslots_gpu", SCRIPT)
@@ -311,7 +312,7 @@ def test_a_stage_without_the_step_configs_is_refused_before_any_work(tmp_path):
 
 def test_a_stage_of_another_version_is_refused_before_any_work(tiny_params, tmp_path):
     """Every staged slice is checked as the steps will check it, before the dataset is rebuilt on the device."""
-    from musicdecomp.config import step_config
+    from musicdecomp.pipeline import step_config
 
     variant = "none-t2-imp_true-k3"
     run = step_config(tiny_params, "train_musicslots", "jsb_multi", variant, 0)
@@ -357,10 +358,10 @@ def test_a_run_finished_in_the_work_folder_is_not_trained_again(tiny_run, tiny_o
     assert refused.returncode == 1 and f"Leave {VARIANTS[0]} out of --variants" in refused.stderr
     # instead, it is adopted as the pipeline's run (tests/test_adopt.py): with its probe, nothing trained again
     root = pipeline_root(tmp_path, tiny_run)
-    assert stage_adoption(kept, tiny_params, root=root)["probe"]
+    assert stage_adoption(kept, tiny_params, step_config, root=root)["probe"]
     dst, data = root / run_dir("jsb_multi", VARIANTS[0], 0), root / "results/data/jsb_multi"
     cfg = step_config(tiny_params, "train_musicslots", "jsb_multi", VARIANTS[0], 0)
-    assert train_musicslots(cfg, data, dst, device="cpu")["adopted"]["code_differs"] == []
+    assert train_musicslots(cfg, data, dst, device="cpu", code=code_id("train_musicslots"))["adopted"]["code_differs"] == []
     probed = probe_run(step_config(tiny_params, "probe"), dst, data, dst / "probe.json", device="cpu")
     assert probed["test"] == first["probe"]["test"] and not (dst / "ckpt/last.pt").exists()
 

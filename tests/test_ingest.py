@@ -8,17 +8,16 @@ import sys
 
 import pytest
 import torch
-
-from musicdecomp.errors import UserError
-from musicdecomp.config import step_config
-from musicdecomp.eval.musicslots import evaluate_run
-from musicdecomp.eval.probes import probe_run
-from musicdecomp.train.ingest import TAG, ingest_run
-from musicdecomp.train.loop import compact_checkpoint
-from musicdecomp.train.musicslots import train_musicslots
-
 from conftest import tool_env
 from test_train import tiny_cfg
+
+from musicdecomp.errors import UserError
+from musicdecomp.eval.musicslots import evaluate_run
+from musicdecomp.eval.probes import probe_run
+from musicdecomp.pipeline import code_id, step_config
+from musicdecomp.train.checkpoints import compact_checkpoint
+from musicdecomp.train.ingest import TAG, ingest_run
+from musicdecomp.train.musicslots import train_musicslots
 
 
 def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, tiny_params, tmp_path):
@@ -29,7 +28,8 @@ def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, 
     tracking = {"mlflow_uri": uri, "experiment": "gpu"}
     cfg = tiny_cfg(tiny_params, "none-t2-imp_true-k3")
     data, run = tiny_run / "results/data/jsb_multi", tmp_path / "run"
-    train_musicslots(cfg, data, run, device="cpu", stop_after=4)  # stopped part-way, metrics.jsonl only
+    code = code_id("train_musicslots")
+    train_musicslots(cfg, data, run, device="cpu", stop_after=4, code=code)  # stopped part-way, metrics.jsonl only
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
     first = ingest_run(run, tracking, tmp_path / "artifacts")
@@ -50,7 +50,7 @@ def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, 
     compact_checkpoint(run / "ckpt/last.pt", run / "ckpt/last.pt")  # as brought back from a GPU machine
     last = torch.load(run / "ckpt/last.pt", weights_only=True)
     torch.save({**last, "code": {**last["code"], "models/encoder.py": "0" * 16}}, run / "ckpt/last.pt")
-    train_musicslots(cfg, data, run, device="cpu")
+    train_musicslots(cfg, data, run, device="cpu", code=code)
     test = evaluate_run(run, data, run / "test.json", run / "test.png", device="cpu", audio_dir=run / "test_audio")
     probe = probe_run(step_config(tiny_params, "probe"), run, data, run / "probe.json", device="cpu")  # as on a GPU
     second = ingest_run(run, tracking, tmp_path / "artifacts")

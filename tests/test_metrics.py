@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from musicdecomp.eval.metrics import cost_matrices, note_metrics, oracle_slot_db
+from musicdecomp.metrics.notes import cost_matrices, note_metrics, oracle_slot_db
 
 
 def notes_and_slots():
@@ -82,6 +82,38 @@ def test_batch_of_examples_with_different_note_counts():
     assert m["iou"][0] == pytest.approx(1.0)
     assert m["iou"][1] == pytest.approx(2 / 3)  # the third note's best free slot is empty
     assert np.all(m["match"][1, :3] >= 0) and m["match"][1, 3] == -1
+
+
+def test_fewer_slots_than_notes_score_the_missed_notes():
+    """Two slots, each exactly one note of a three-note chord: the third note is missed, with IoU 0 and its error
+    against silence, i.e. the slots' shared floor (the loudest slot's max - 80 dB, here -60 dB), not dropped."""
+    a = torch.full((8, 4), -60.0)  # 20 dB max, floor -60
+    a[:3] = 20.0
+    b = torch.full((8, 4), -60.0)  # 0 dB max, its pixels above the slots' floor
+    b[4:6] = 0.0
+    c = torch.full((8, 4), -90.0)  # -10 dB max, floor -90
+    c[7] = -10.0
+    notes = torch.stack([a, b, c])[None]
+    m = note_metrics(notes, torch.stack([a, b])[None], torch.tensor([3]))
+    missed = ((c - (-60.0)) ** 2).mean().item()  # row 7: 50 dB above silence, the rest 30 dB below it
+    assert missed == pytest.approx((4 * 50**2 + 28 * 30**2) / 32)
+    assert m["iou"][0] == pytest.approx(2 / 3)
+    assert m["mse"][0] == pytest.approx(missed / 3)
+    assert m["match"][0].tolist() == [0, 1, -1]
+    assert m["note_mse"][0] == pytest.approx([0.0, 0.0, missed], abs=1e-6)
+    # the note left unmatched is the one whose miss costs least: with slots for a and c, b is missed
+    m = note_metrics(notes, torch.stack([c.clamp(min=-60.0), a])[None], torch.tensor([3]))
+    assert m["match"][0].tolist() == [1, -1, 0]
+    assert m["note_mse"][0, 1] == pytest.approx(((b - (-60.0)) ** 2).mean().item())
+    # without the top_db clamp, silence is amin's -100 dB
+    m = note_metrics(notes, torch.stack([a, b])[None], torch.tensor([3]), top_db=None)
+    assert m["note_mse"][0, 2] == pytest.approx(((c - (-100.0)) ** 2).mean().item())
+    # as many slots as notes, or more, score as before
+    for k in (3, 5):
+        slots = torch.cat([notes, torch.full((1, k - 3, 8, 4), -60.0)], dim=1)
+        m = note_metrics(notes, slots, torch.tensor([3]))
+        assert m["iou"][0] == pytest.approx(1.0) and m["mse"][0] == pytest.approx(0.0, abs=1e-6)
+        assert m["match"][0].tolist() == [0, 1, 2]
 
 
 def test_oracle_slots_score_the_metrics_floor():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchaudio
 
-from musicdecomp.eval.msstft import SCALES, ms_stft_distance
+from musicdecomp.metrics.msstft import SCALES, ms_stft_distance
 
 
 def test_identical_signals_are_at_distance_zero():

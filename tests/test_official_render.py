@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from musicdecomp.config import step_config
 from musicdecomp.data.official_render import cli_version, midi_file, render_cli
 from musicdecomp.data.render import _render_one, as_pcm16, render_lengths
+from musicdecomp.pipeline import step_config
 
 
 @pytest.fixture

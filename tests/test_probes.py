@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from musicdecomp.eval.accuracy import grid_level, note_level
 from musicdecomp.eval.probes import probe_run, score, train_probe
+from musicdecomp.metrics.accuracy import grid_level, note_level
 from musicdecomp.models.baselines import VAE, SupervisedCNN, multilabel_targets
 from musicdecomp.sweep import baseline_config
 from musicdecomp.train.baselines import train_baseline
@@ -93,7 +93,8 @@ def test_baselines_train_and_probe_on_tiny_data(tiny_run, tiny_params, tmp_path)
 def test_musicslots_probe_features_are_the_matched_slots(tiny_run, tiny_params):
     from musicdecomp.data.datasets import load_split
     from musicdecomp.eval.probes import musicslots_features
-    from musicdecomp.train.musicslots import build_model, evaluate
+    from musicdecomp.metrics.musicslots import evaluate
+    from musicdecomp.models.musicslots import build_model
 
     data = load_split(tiny_run / "results/data/jsb_multi/valid.pt")
     torch.manual_seed(0)

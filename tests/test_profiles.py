@@ -4,7 +4,6 @@ import re
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 RULES = {m for f in (REPO / "workflow/rules").glob("*.smk") for m in re.findall(r"^rule (\w+):", f.read_text(), re.M)}

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from musicdecomp.config import deep_merge, step_config
+from musicdecomp.config import deep_merge
 from musicdecomp.data import render
 from musicdecomp.data.render import render_lengths, render_notes
 from musicdecomp.errors import UserError
+from musicdecomp.pipeline import step_config
 
 
 @pytest.fixture

@@ -7,14 +7,13 @@ import random
 import numpy as np
 import pytest
 import soundfile as sf
+from test_slakh import write_track
 
-from musicdecomp.config import deep_merge, step_config
+from musicdecomp.config import deep_merge
 from musicdecomp.data.chunks import rms
 from musicdecomp.data.drums import CRASH, GROOVES, drum_part
 from musicdecomp.data.stems import build_stems, load_chunk, read_separated, voice_notes
-
-from conftest import SHARED_JSB
-from test_slakh import write_track
+from musicdecomp.pipeline import step_config
 
 
 def test_voice_notes_hold_repeats_and_skip_rests():
@@ -36,14 +35,11 @@ def test_drum_parts_are_seeded_and_varied():
 
 
 @pytest.fixture(scope="module")
-def tiny_stems(tmp_path_factory, params, soundfont):
-    json_path = SHARED_JSB / "Jsb16thSeparated.json"
-    if not json_path.is_file():
-        pytest.skip(f"{json_path} not found")
+def tiny_stems(tmp_path_factory, params, soundfont, jsb16_json):
     p = deep_merge(params, {"stems": {"max_chorales": 2, "renders_per_chorale": 2}})
     out = tmp_path_factory.mktemp("stems")
-    summary = build_stems(step_config(p, "stems"), json_path, out, workers=2)
-    return out, summary, read_separated(json_path)
+    summary = build_stems(step_config(p, "stems"), jsb16_json, out, workers=2)
+    return out, summary, read_separated(jsb16_json)
 
 
 def test_renders_are_aligned_and_mixtures_are_means(tiny_stems):
@@ -73,10 +69,10 @@ def test_splits_are_disjoint_by_chorale(tiny_stems):
     assert not (seen["train"] & seen["valid"] or seen["train"] & seen["test"] or seen["valid"] & seen["test"])
 
 
-def test_rendering_is_deterministic(tiny_stems, params, tmp_path):
+def test_rendering_is_deterministic(tiny_stems, params, tmp_path, jsb16_json):
     out, _, _ = tiny_stems
     p = deep_merge(params, {"stems": {"max_chorales": 1, "renders_per_chorale": 1}})
-    build_stems(step_config(p, "stems"), SHARED_JSB / "Jsb16thSeparated.json", tmp_path, workers=1)
+    build_stems(step_config(p, "stems"), jsb16_json, tmp_path, workers=1)
     a, _ = sf.read(out / "valid" / "c000_r0.flac")
     b, _ = sf.read(tmp_path / "valid" / "c000_r0.flac")
     assert np.array_equal(a, b)

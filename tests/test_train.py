@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tool_env
 
 from musicdecomp.errors import UserError
 from musicdecomp.eval.musicslots import evaluate_run
 from musicdecomp.eval.tables import table1
-from musicdecomp.pipeline import STEPS
+from musicdecomp.pipeline import code_id, code_version
 from musicdecomp.sweep import musicslots_runs, train_config, variant_model, variant_name
-from musicdecomp.train.loop import COMPACT, Update, compact_checkpoint
+from musicdecomp.train.checkpoints import COMPACT, compact_checkpoint
+from musicdecomp.train.loop import Update
 from musicdecomp.train.musicslots import train_musicslots
 from musicdecomp.train.schedule import learning_rate
-
-from conftest import tool_env
 
 
 def tiny_cfg(tiny_params, variant="softmax-t2-imp_false-k5", seed=0, **train):
@@ -95,12 +95,15 @@ def test_resume_continues_bit_identically(tiny_run, tiny_params, tmp_path, caplo
     assert (tmp_path / "c/metrics.jsonl").read_text() == (tmp_path / "a/metrics.jsonl").read_text()  # from step 0
     # an interrupted run whose code changed meanwhile is resumed (a requeued job keeps its hours), but on record
     assert json.loads((tmp_path / "a/train.json").read_text())["code_changes"] == []
-    assert train_musicslots(cfg, data, tmp_path / "d", device="cpu", threads=1, stop_after=4) == {"stopped_at": 4}
+    code = code_id("train_musicslots")
+    assert code["version"] == str(code_version("train_musicslots")) and "models/decoder.py" in code
+    assert train_musicslots(cfg, data, tmp_path / "d", device="cpu", threads=1, stop_after=4,
+                            code=code) == {"stopped_at": 4}
     last = torch.load(tmp_path / "d/ckpt/last.pt", weights_only=True)
-    assert last["code"] == STEPS["train_musicslots"].code_id() and "models/decoder.py" in last["code"]
+    assert last["code"] == code
     torch.save({**last, "code": {**last["code"], "models/decoder.py": "0" * 16}}, tmp_path / "d/ckpt/last.pt")
     with caplog.at_level(logging.WARNING, logger="musicdecomp"):
-        resumed = train_musicslots(cfg, data, tmp_path / "d", device="cpu", threads=1)
+        resumed = train_musicslots(cfg, data, tmp_path / "d", device="cpu", threads=1, code=code)
     assert resumed["code_changes"] == [{"step": 4, "files": ["models/decoder.py"]}]
     assert "continues at step 4 with changed code (models/decoder.py)" in caplog.text
     assert not (tmp_path / "d/stale").exists()
@@ -297,10 +300,11 @@ def test_mlflow_run_is_logged_and_continued(tiny_run, tiny_params, tmp_path, mon
     tracking = {"mlflow_uri": uri, "experiment": "test"}
     cfg = tiny_cfg(tiny_params, "sigmoid-t1-imp_true-k4")
     data = tiny_run / "results/data/jsb_multi"
-    train_musicslots(cfg, data, tmp_path / "r", device="cpu", tracking=tracking, stop_after=2)
+    code = code_id("train_musicslots")
+    train_musicslots(cfg, data, tmp_path / "r", device="cpu", tracking=tracking, stop_after=2, code=code)
     last = torch.load(tmp_path / "r/ckpt/last.pt", weights_only=True)  # as if train/loop.py changed meanwhile
     torch.save({**last, "code": {**last["code"], "train/loop.py": "0" * 16}}, tmp_path / "r/ckpt/last.pt")
-    summary = train_musicslots(cfg, data, tmp_path / "r", device="cpu", tracking=tracking)
+    summary = train_musicslots(cfg, data, tmp_path / "r", device="cpu", tracking=tracking, code=code)
     evaluate_run(tmp_path / "r", data, tmp_path / "r/test.json", tmp_path / "r/test.png", device="cpu",
                  tracking=tracking, audio_dir=tmp_path / "r/test_audio")
     mlflow.set_tracking_uri(uri)
@@ -352,6 +356,7 @@ def test_evaluation_output(tiny_run, tiny_params, tmp_path):
     assert more["test_iters"] == 5 and more["test"]["examples"] == n_test  # read back from the model evaluated
     # from the parameters (musicslots.eval.iters), as Snakemake and DVC run it; --iters wins over them
     from conftest import REPO
+
     from musicdecomp.cli import main
 
     override = tmp_path / "eval.yaml"
@@ -497,7 +502,7 @@ def test_time_limit_must_be_positive(capsys):
 
 
 def test_slurm_jobs_stop_before_their_end(monkeypatch):
-    from musicdecomp.cli import build_parser, _time_limit
+    from musicdecomp.cli import _time_limit, build_parser
 
     args = build_parser().parse_args(["train-musicslots", "--dataset", "jsb_multi", "--variant", "none-t1-imp_true-k7",
                                       "--seed", "0", "--data-dir", "d", "--run-dir", "r"])
@@ -525,7 +530,7 @@ def _fake_squeue(folder, monkeypatch, body: str):
 
 def test_slurm_time_left_comes_from_squeue_where_slurm_does_not_export_it(monkeypatch, tmp_path, caplog):
     """Slurm 22.05 (Debian 12's) sets no SLURM_JOB_END_TIME: the job's time left then comes from squeue."""
-    from musicdecomp.cli import build_parser, _time_limit
+    from musicdecomp.cli import _time_limit, build_parser
     from musicdecomp.slurm import parse_duration
 
     assert [parse_duration(t) for t in ("9:59", "1:59:59", "2-00:00:30", " 10:00\n", "UNLIMITED", "", "1-2")] == [

@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 import yaml
+from conftest import DATA_TARGETS, REPO, run, snakemake
 
-from musicdecomp.config import deep_merge, step_config
+from musicdecomp.config import deep_merge
+from musicdecomp.pipeline import CODE_VERSIONS, CODE_VERSIONS_ENV, step_config
 from musicdecomp.train.adopt import stage_adoption
 from musicdecomp.train.musicslots import train_musicslots
-
-from conftest import DATA_TARGETS, REPO, run, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +77,20 @@ def test_tiny_sweep_trains_every_variant_and_makes_table1(tiny_all, tiny_params)
         assert (tiny_all / f"results/codec/codes/{split}.pt").stat().st_size > 0
     table = (tiny_all / "results/tables/codec.md").read_text()
     assert "| EnCodec architecture, trained here | 1.5 | drums_bass | mix |" in table and "4.7" in table
+    # composable representations: every variant trained (an MLflow run with its separation metrics), evaluated on the
+    # baselines' chunks, and both tables
+    comp = found[found["tags.model"] == "composable"]
+    assert set(comp["tags.mlflow.runName"]) == {f"composable/drums_bass/{v}/seed0" for v in
+                                                 ("mean", "sum", "min", "max", "supervised")}
+    assert comp["metrics.test/si_sdr"].notna().all()
+    sep = (tiny_all / "results/tables/composable_separation.md").read_text()
+    for label in ("ours, mean operator", "ours, max operator", "supervised (same U-Net, true stems)", "HPSS", "NMF",
+                  "oracle ideal ratio mask (upper bound)", "mixture as every source (lower bound)"):
+        assert f"| drums_bass | {label} | 1 | 2 |" in sep
+    ops = (tiny_all / "results/tables/composable_operators.md").read_text()
+    assert all(f"| drums_bass | {op} | 1 |" in ops for op in ("mean", "sum", "min", "max"))
+    assert {p.name for p in (tiny_all / "results/figures/composable").glob("*.png")} == {
+        "separation_drums_bass.png", "si_sdr_vs_loudness_drums_bass.png"}
 
 
 def test_baseline_record_keeps_table2_rows_of_the_runs(tiny_all, tmp_path):
@@ -121,14 +135,39 @@ def test_second_run_does_nothing(tiny_all, tiny_override):
     ({"probe": {"train": {"lr": 1e-4}}}, {"probe_musicslots": 4, "probe_baseline": 6, "tables": 1, "all": 1}),
     ({"tracking": {"experiment": "other"}}, {}),
     ({"codec": {"eval": {"seed": 3}}}, {"eval_codec": 1, "all": 1}),
-    ({"codec": {"encode_batch": 3}}, {"cache_codes": 3, "eval_codec": 1, "all": 1}),
-    ({"codec": {"trained": {"l1_weight": 0.5}}}, {"codec": 1, "cache_codes": 3, "eval_codec": 1, "all": 1}),
+    ({"codec": {"encode_batch": 3}}, {"cache_codes": 3, "eval_codec": 1, "train_composable": 5, "eval_composable": 5, "eval_bss_baselines": 1, "composable_tables": 1, "all": 1}),
+    ({"codec": {"trained": {"l1_weight": 0.5}}}, {"codec": 1, "cache_codes": 3, "eval_codec": 1, "train_composable": 5, "eval_composable": 5, "eval_bss_baselines": 1, "composable_tables": 1, "all": 1}),
+    # composable representations: training, sampling, the test chunks and the baselines each rerun what they feed
+    ({"composable": {"train": {"lr": 3.0e-4}}}, {"train_composable": 5, "eval_composable": 5, "composable_tables": 1,
+                                                   "all": 1}),
+    ({"composable": {"eval": {"sample_steps": 3}}}, {"eval_composable": 5, "composable_tables": 1, "all": 1}),
+    ({"composable": {"eval": {"seed": 4}}}, {"eval_composable": 5, "eval_bss_baselines": 1, "composable_tables": 1,
+                                               "all": 1}),
+    ({"composable": {"baselines": {"nmf_components": 3}}}, {"eval_bss_baselines": 1, "composable_tables": 1, "all": 1}),
+    ({"composable": {"variants": ["mean", "sum"]}}, {"composable_tables": 1, "all": 1}),
 ])
 def test_a_param_change_reruns_only_what_depends_on_it(tiny_all, tiny_override, tmp_path, change, expected):
     extra = tmp_path / "change.yaml"
     extra.write_text(yaml.safe_dump(change))
     proc = snakemake(tiny_all, "all", "-n", configfiles=[REPO / "config/tiny.yaml", tiny_override, extra])
     assert (job_counts(proc.stdout) if expected else {}) == expected, proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize("step, expected", [
+    ("figures", {"figures": 2, "all": 1}),
+    ("eval_composable", {"eval_composable": 5, "composable_tables": 1, "all": 1}),
+    ("features", {"features": 2, "figures": 2, "train_musicslots": 28, "eval_musicslots": 28, "probe_musicslots": 4,
+                  "train_baseline": 6, "probe_baseline": 6, "tables": 1, "all": 1}),
+])
+def test_a_code_version_bump_reruns_that_step_and_what_follows(tiny_all, tiny_override, tmp_path, step, expected):
+    """A step's code version (workflow/code_versions.yaml) is part of what reruns it; a docstring edit changes no
+    version (tests/test_pipeline_table.py), so it reruns nothing."""
+    lock = yaml.safe_load((REPO / CODE_VERSIONS).read_text())
+    lock["steps"][step]["version"] += 1
+    (tmp_path / "versions.yaml").write_text(yaml.safe_dump(lock))
+    proc = snakemake(tiny_all, "all", "-n", configfiles=[REPO / "config/tiny.yaml", tiny_override],
+                     env={CODE_VERSIONS_ENV: str(tmp_path / "versions.yaml")})
+    assert job_counts(proc.stdout) == expected, proc.stdout[-2000:]
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -151,9 +190,12 @@ DVC = [sys.executable, "-m", "dvc"]
 
 
 def dvc_project(proj, params):
-    """A copy of the project (dvc.yaml, src/) with ``params`` as its params.yaml, DVC initialised (no git)."""
+    """A copy of the project (dvc.yaml, the code versions, src/) with ``params`` as its params.yaml, DVC initialised
+    (no git)."""
     proj.mkdir()
     shutil.copy(REPO / "dvc.yaml", proj)
+    (proj / "workflow").mkdir()
+    shutil.copy(REPO / CODE_VERSIONS, proj / CODE_VERSIONS)
     shutil.copytree(REPO / "src", proj / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(DVC + ["init", "--no-scm", "-q"], cwd=proj)
@@ -180,7 +222,7 @@ def test_dvc_repro_produces_the_same_files(tiny_run, tiny_params, tmp_path):
     src = tmp_path / "gpu/run"
     train_musicslots(step_config(tiny_params, "train_musicslots", "jsb_single", "none-t1-imp_true-k7", 1),
                      proj / "results/data/jsb_single", src, device="cpu", threads=1)
-    stage_adoption(src, tiny_params, root=proj)
+    stage_adoption(src, tiny_params, step_config, root=proj)
     run(DVC + ["repro", "-q", "train_musicslots_single@jsb_single-1"], cwd=proj)
     adopted = json.loads((proj / "results/musicslots/jsb_single/none-t1-imp_true-k7/seed1/train.json").read_text())
     assert adopted["adopted"]["from"] == str(src.resolve()) and adopted["mlflow_run_id"]
@@ -190,6 +232,13 @@ def test_dvc_repro_produces_the_same_files(tiny_run, tiny_params, tmp_path):
     (proj / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
     status = run(DVC + ["status", "--json", *data_stages, "eval_musicslots_single@jsb_single-0"], cwd=proj).stdout
     assert set(yaml.safe_load(status)) == {"figures@jsb_single", "figures@jsb_multi"}
+    # a step's code version bumped: its stages are out of date, and only they (DVC reruns what follows on repro)
+    (proj / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
+    lock = yaml.safe_load((proj / CODE_VERSIONS).read_text())
+    lock["steps"]["eval_musicslots"]["version"] += 1
+    (proj / CODE_VERSIONS).write_text(yaml.safe_dump(lock))
+    status = run(DVC + ["status", "--json", *data_stages, "eval_musicslots_single@jsb_single-0"], cwd=proj).stdout
+    assert set(yaml.safe_load(status)) == {"eval_musicslots_single@jsb_single-0"}
 
 
 def test_dvc_repro_builds_the_codec_side_like_snakemake(tiny_all, tiny_params, tmp_path):
@@ -207,6 +256,17 @@ def test_dvc_repro_builds_the_codec_side_like_snakemake(tiny_all, tiny_params, t
         assert all(torch.equal(a["subsets"][s]["mix"], b["subsets"][s]["mix"]) for s in a["subsets"])
     assert (proj / "results/tables/codec.md").read_text() == (tiny_all / "results/tables/codec.md").read_text()
     assert "up to date" in run(DVC + ["status", "eval_codec", "cache_codes@train"], cwd=proj).stdout
+    # and on to the separations: the baselines score the same chunks alike, a model run is evaluated on them too
+    stages = ["eval_bss_baselines@drums_bass", "eval_composable@drums_bass-mean-0"]
+    run(DVC + ["repro", "-q", *stages], cwd=proj)
+    ours, theirs = (json.loads((root / "results/composable/drums_bass/baselines/separation.json").read_text())
+                    for root in (proj, tiny_all))
+    assert ours["chunks"] == theirs["chunks"] and ours["methods"].keys() == theirs["methods"].keys()
+    for m in ours["methods"]:
+        assert ours["methods"][m]["per_chunk"]["raw"]["si_sdr"] == theirs["methods"][m]["per_chunk"]["raw"]["si_sdr"]
+    mean = json.loads((proj / "results/composable/drums_bass/mean/seed0/separation.json").read_text())
+    assert mean["chunks"] == ours["chunks"] and mean["kind"] == "composable"
+    assert "up to date" in run(DVC + ["status", *stages], cwd=proj).stdout
 
 
 def test_bad_input_fails_cleanly_under_snakemake(tmp_path, tiny_override):

@@ -14,13 +14,15 @@ import os
 import sys
 import time
 
-from musicdecomp.config import DEFAULT_PARAMS, check_slice, from_json, load_params, step_config, to_json
+from musicdecomp.config import DEFAULT_PARAMS, from_json, load_params, to_json
 from musicdecomp.errors import UserError
 from musicdecomp.logs import get_logger, log_to_files, setup_logging
+from musicdecomp.pipeline import check_slice, code_id, step_config
 
 
 def _step_cfg(args: argparse.Namespace, step: str) -> dict:
-    run = getattr(args, "dataset", None), getattr(args, "variant", None), getattr(args, "seed", None)
+    run = (getattr(args, "dataset", None) or getattr(args, "subset", None), getattr(args, "variant", None),
+           getattr(args, "seed", None))
     if args.config is None:
         # the same JSON round trip as Snakemake's --config, so both tools hand the step the same object
         args.config = to_json(step_config(load_params(args.params), step, *run))
@@ -71,16 +73,16 @@ def cmd_stems(args):
 
 
 def cmd_codec(args):
-    from musicdecomp.codec.source import prepare_codec
+    from musicdecomp.train.codec import prepare_codec
     return _training_exit(args, prepare_codec(_step_cfg(args, "codec"), args.stems_dir, args.out_dir,
                                               device=args.device, tracking=_tracking(args),
-                                              time_limit=_time_limit(args)))
+                                              time_limit=_time_limit(args), code=code_id("codec")))
 
 
 def cmd_cache_codes(args):
-    from musicdecomp.codec.latents import cache_codes
-    from musicdecomp.codec.source import load_codec
-    from musicdecomp.train.loop import pick_device
+    from musicdecomp.device import pick_device
+    from musicdecomp.models.codes import cache_codes
+    from musicdecomp.models.encodec import load_codec
 
     model, info = load_codec(args.codec)
     cache_codes(model, args.index, args.out, batch=_step_cfg(args, "cache_codes")["codec.encode_batch"],
@@ -110,7 +112,7 @@ def cmd_adopt_run(args):
     from musicdecomp.train.adopt import stage_adoption
     if args.config is not None:
         raise UserError("adopt-run checks a run against the parameter files (--params), not a slice (--config)")
-    res = stage_adoption(args.src, load_params(args.params), trust_data=args.trust_data)
+    res = stage_adoption(args.src, load_params(args.params), step_config, trust_data=args.trust_data)
     configs = " ".join(args.params[1:])
     print(f"staged in {res['run_dir']}/adopt. Publish it (in seconds, no training) and evaluate it here with\n"
           f"  snakemake --cores 2 {' '.join(res['targets'])}{f' --configfile {configs}' if configs else ''}\n"
@@ -174,7 +176,7 @@ def cmd_train_musicslots(args):
     from musicdecomp.train.musicslots import train_musicslots
     return _training_exit(args, train_musicslots(
         _step_cfg(args, "train_musicslots"), args.data_dir, args.run_dir, device=args.device, tracking=_tracking(args),
-        threads=args.threads, time_limit=_time_limit(args), speed=_speed(args)))
+        threads=args.threads, time_limit=_time_limit(args), speed=_speed(args), code=code_id("train_musicslots")))
 
 
 def cmd_eval_musicslots(args):
@@ -190,7 +192,7 @@ def cmd_train_baseline(args):
     from musicdecomp.train.baselines import train_baseline
     return _training_exit(args, train_baseline(
         _step_cfg(args, "train_baseline"), args.data_dir, args.run_dir, device=args.device, tracking=_tracking(args),
-        threads=args.threads, time_limit=_time_limit(args), speed=_speed(args)))
+        threads=args.threads, time_limit=_time_limit(args), speed=_speed(args), code=code_id("train_baseline")))
 
 
 def cmd_probe(args):
@@ -213,11 +215,82 @@ def cmd_tables(args):
            *(out / f"table2_probes.{ext}" for ext in ("csv", "md", "tex")))
 
 
+def cmd_train_composable(args):
+    from musicdecomp.train.composable import train_composable
+    return _training_exit(args, train_composable(
+        _step_cfg(args, "train_composable"), args.codec, args.codes_dir, args.run_dir, device=args.device,
+        tracking=_tracking(args), threads=args.threads, time_limit=_time_limit(args), speed=_speed(args),
+        code=code_id("train_composable")))
+
+
+def cmd_eval_composable(args):
+    from musicdecomp.eval.separation import evaluate_composable
+    evaluate_composable(_step_cfg(args, "eval_composable")["composable.eval"], args.run_dir, args.codec, args.codes,
+                        args.index, args.out, args.examples_dir, args.figure, device=args.device,
+                        tracking=_tracking(args))
+
+
+def cmd_eval_bss_baselines(args):
+    from musicdecomp.eval.separation import evaluate_baselines
+    evaluate_baselines(_step_cfg(args, "eval_bss_baselines"), args.subset, args.codec, args.codes, args.index,
+                       args.out, args.examples_dir, device=args.device, workers=args.workers)
+
+
+def cmd_composable_tables(args):
+    from musicdecomp.eval.composable_tables import composable_tables
+    composable_tables(_step_cfg(args, "composable_tables"), args.out_dir, args.figures_dir)
+
+
 def cmd_config(args):
     """Print a step's resolved parameter slice (what its --config receives), e.g. to run it on a machine
     without PyYAML: python -m musicdecomp train-musicslots --config "$(cat cfg.json)" ..."""
     params = load_params(args.params)
     print(to_json(step_config(params, args.name.replace("-", "_"), args.dataset, args.variant, args.seed)))
+
+
+def cmd_code_versions(args):
+    """Check the code versions of the steps against their code, or record them (``--update``)."""
+    from musicdecomp.pipeline import (
+        CODE_VERSIONS,
+        read_code_versions,
+        stale_code,
+        update_code_versions,
+        write_code_versions,
+    )
+
+    path = args.file or None
+    try:
+        recorded = read_code_versions(path)
+    except UserError:
+        if not args.update:
+            raise
+        recorded = {"steps": {}, "modules": {}}
+    if not args.update:
+        stale = stale_code(recorded)
+        for step, files in stale.items():
+            print(f"{step}: code changed at version {recorded['steps'].get(step, {}).get('version', '-')} "
+                  f"({', '.join(files) or 'its modules'})")
+        if stale:
+            raise UserError(f"the code of {len(stale)} step(s) changed since {CODE_VERSIONS} recorded it: if what a "
+                            f"step computes changed, `python -m musicdecomp code-versions --update --bump <step>` "
+                            f"(it and what follows rerun); if not (a refactor), `--update --same-results <step>`")
+        print(f"{CODE_VERSIONS}: every step's code is as recorded")
+        return
+    lock, refused = update_code_versions(recorded, args.same_results, args.bump or [])
+    write_code_versions(lock, path)
+    if refused:
+        raise UserError(f"not recorded for {', '.join(refused)}: their code changed; name each in --bump (what it "
+                        f"computes changed) or --same-results (it did not)")
+    print(f"{path or CODE_VERSIONS} written")
+
+
+def cmd_write_dvc(args):
+    """Write dvc.yaml from the step table."""
+    from musicdecomp.io import write_text
+    from musicdecomp.pipeline import dvc_yaml
+
+    write_text(args.out, dvc_yaml())
+    print(f"{args.out} written")
 
 
 def _positive_int(text: str) -> int:
@@ -369,6 +442,43 @@ def build_parser() -> argparse.ArgumentParser:
     add_training(sp, "the baseline: vae-kl<weight> (vae-kl0.0 = autoencoder) or cnn")
     sp = add("probe", cmd_probe, "note-property accuracies of a trained run (linear probes; the CNN directly)")
     add_evaluation(sp)
+    sp = add("train-composable", cmd_train_composable,
+             "train (or resume) one composable-representations run (a composition operator, or supervised)")
+    sp.add_argument("--subset", required=True, help="a stems subset, e.g. drums_bass")
+    sp.add_argument("--variant", required=True, help="mean, sum, min, max (decomposition) or supervised")
+    sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--codec", required=True, help="results/codec/model.pt")
+    sp.add_argument("--codes-dir", required=True, help="the folder of the cached codes (train.pt, valid.pt)")
+    sp.add_argument("--run-dir", required=True)
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--threads", type=int, help="CPU threads for torch (CPU runs)")
+    sp.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
+    sp.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms once (CUDA)")
+    add_time_limit(sp)
+    add_tracking(sp)
+    sp = add("eval-composable", cmd_eval_composable, "separate and reconstruct the test chunks with a trained run")
+    sp.add_argument("--run-dir", required=True)
+    sp.add_argument("--codec", required=True)
+    sp.add_argument("--codes", required=True, help="the test split's cached codes")
+    sp.add_argument("--index", required=True, help="the test split's stems index")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--examples-dir", required=True, help="folder for WAV examples")
+    sp.add_argument("--figure", required=True)
+    sp.add_argument("--device", default="auto")
+    add_tracking(sp)
+    sp = add("eval-bss-baselines", cmd_eval_bss_baselines,
+             "classic separators, the oracle mask and the mixture on a subset's test chunks")
+    sp.add_argument("--subset", required=True)
+    sp.add_argument("--codec", required=True)
+    sp.add_argument("--codes", required=True)
+    sp.add_argument("--index", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--examples-dir", required=True)
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--workers", type=int, default=1, help="chunks separated at a time (processes)")
+    sp = add("composable-tables", cmd_composable_tables, "the composable-representations tables and figures")
+    sp.add_argument("--out-dir", required=True)
+    sp.add_argument("--figures-dir", required=True)
     sp = add("config", cmd_config, "print a step's resolved parameter slice as JSON")
     sp.add_argument("name", help="the step, e.g. features or train-musicslots")
     sp.add_argument("--dataset")
@@ -376,6 +486,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int)
     sp = add("tables", cmd_tables, "Tables 1 and 2 from the evaluations and probes of the sweep's runs")
     sp.add_argument("--out-dir", required=True)
+
+    sp = sub.add_parser("code-versions", help="check each step's code against its recorded version (--update: "
+                                              "record it)")
+    sp.add_argument("--update", action="store_true", help="write workflow/code_versions.yaml")
+    sp.add_argument("--bump", nargs="+", metavar="STEP", help="what these steps compute changed: version + 1")
+    sp.add_argument("--same-results", nargs="+", metavar="STEP",
+                    help="these steps' code changed but not what they compute ('all': every changed step)")
+    sp.add_argument("--file", help=argparse.SUPPRESS)
+    sp.add_argument("--log", help=argparse.SUPPRESS)
+    sp.set_defaults(func=cmd_code_versions)
+    sp = sub.add_parser("write-dvc", help="write dvc.yaml from the step table (musicdecomp.pipeline)")
+    sp.add_argument("--out", default="dvc.yaml")
+    sp.add_argument("--log", help=argparse.SUPPRESS)
+    sp.set_defaults(func=cmd_write_dvc)
     return p
 
 

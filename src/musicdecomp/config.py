@@ -1,8 +1,8 @@
-"""Parameters: load params.yaml (plus override files), validate every knob, cut each step's slice.
+"""Parameters: load params.yaml (plus override files) and validate every knob against ``SCHEMA``.
 
 params.yaml is the one source of every knob. Snakemake reads it as its configfile (``--configfile`` files
 merge on top) and DVC reads it as its params file; both hand each step only the slice it uses
-(``step_config``), so changing one knob reruns only the steps that depend on it.
+(``musicdecomp.pipeline.step_config``), so changing one knob reruns only the steps that depend on it.
 """
 
 from __future__ import annotations
@@ -140,6 +140,11 @@ def _int_list() -> Check:
                                                   for x in v)), "a list of non-negative integers"
 
 
+def _pos_int_list() -> Check:
+    return (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                  and x >= 1 for x in v)), "a non-empty list of positive integers"
+
+
 def _sha256() -> Check:
     def ok(v: Any) -> bool:
         return v is None or (isinstance(v, str) and len(v) >= 8 and all(c in "0123456789abcdef" for c in v.lower()))
@@ -272,6 +277,46 @@ SCHEMA: dict[str, Check] = {
     "codec.eval.max_chunks": _optional(_num(1, integer=True)),
     "codec.eval.n_examples": _num(1, 16, integer=True),
     "codec.eval.seed": _num(0, integer=True),
+    "composable.subsets": _str_list(),
+    "composable.variants": _choice_list("mean", "sum", "min", "max", "supervised"),
+    "composable.seeds": _int_list(),
+    "composable.model.unet.channels": _pos_int_list(),
+    "composable.model.unet.kernels": _pos_int_list(),
+    "composable.model.unet.strides": _pos_int_list(),
+    "composable.model.unet.attention": (lambda v: isinstance(v, list) and all(isinstance(x, bool) for x in v),
+                                        "a list of true/false, one per level"),
+    "composable.model.unet.bottleneck_attention": _bool(),
+    "composable.model.unet.emb_dim": _num(2, 4096, integer=True),
+    "composable.model.unet.head_dim": _num(1, 4096, integer=True),
+    "composable.model.unet.noise_embedding": _choice("sinusoidal", "constant"),
+    "composable.model.unet.dropout": _num(0, 0.99),
+    "composable.model.encoder.channels": _pos_int_list(),
+    "composable.model.encoder.kernel_size": _num(1, 31, integer=True),
+    "composable.model.latent_norm": _choice("none", "global", "channel"),
+    "composable.model.crop_frames": _num(8, 4096, integer=True),
+    "composable.train.epochs": _num(1, integer=True),
+    "composable.train.batch_size": _num(1, integer=True),
+    "composable.train.lr": _num(0, 1, strict_lo=True),
+    "composable.train.optimizer": _choice("adam", "adamw"),
+    "composable.train.weight_decay": _num(0),
+    "composable.train.warmup_steps": _num(0, integer=True),
+    "composable.train.cosine_steps": _optional(_num(1, integer=True)),
+    "composable.train.grad_clip": _optional(_num(0, strict_lo=True)),
+    "composable.train.amp": _choice("fp16", "bf16", "none"),
+    "composable.train.iadb_variant": _choice("c", "d"),
+    "composable.train.log_every": _num(1, integer=True),
+    "composable.train.eval_every": _num(1, integer=True),
+    "composable.train.val_examples": _optional(_num(1, integer=True)),
+    "composable.train.eval_batch_size": _num(1, integer=True),
+    "composable.train.checkpoint_every": _num(1, integer=True),
+    "composable.train.checkpoint_minutes": _num(0, strict_lo=True),
+    "composable.eval.max_chunks": _optional(_num(1, integer=True)),
+    "composable.eval.seed": _num(0, integer=True),
+    "composable.eval.sample_steps": _num(1, 10000, integer=True),
+    "composable.eval.batch_size": _num(1, integer=True),
+    "composable.eval.n_examples": _num(0, 16, integer=True),
+    "composable.baselines.methods": _choice_list("hpss", "repet_sim", "ft2d", "nmf", "rpca"),
+    "composable.baselines.nmf_components": _num(1, 256, integer=True),
     "tracking.mlflow_uri": _optional(_str()),
     "tracking.experiment": _str(),
     "figures.n_examples": _num(1, 16, integer=True),
@@ -337,6 +382,8 @@ def validate(params: dict, prefix: str = "", fix: str | None = None) -> None:
         if params["stems"]["sample_rate"] != 24000:
             raise UserError(f"stems.sample_rate = {params['stems']['sample_rate']}, but the codec (EnCodec 24 kHz) "
                             f"needs 24000; set stems.sample_rate: 24000")
+    if (not prefix or prefix.startswith("composable")) and "composable" in params and "stems" in params:
+        check_composable(params)
     if (not prefix or prefix == "musicslots" or prefix.startswith("musicslots.sweep")) and "musicslots" in params:
         ms = params["musicslots"]
         sweep, base = ms["sweep"], ms["model"]
@@ -353,117 +400,26 @@ def validate(params: dict, prefix: str = "", fix: str | None = None) -> None:
                                 "which datasets: in params.yaml does not define")
 
 
-# --- per-step slices -----------------------------------------------------------------------------------
-
-def step_config(params: dict, step: str, dataset: str | None = None, variant: str | None = None,
-                seed: int | None = None) -> dict:
-    """The parameters ``step`` depends on, resolved from the full params (validated); a copy."""
-    from musicdecomp.pipeline import STEPS
-
-    if step not in STEPS:
-        raise UserError(f"unknown step {step!r}; known steps: {', '.join(STEPS)}")
-    spec = STEPS[step]
-    if spec.resolve is not None:  # a slice assembled from several sections (musicdecomp.sweep)
-        for key in spec.params:
-            validate(params, key)
-        if spec.per_run and (dataset is None or variant is None or seed is None):
-            raise UserError(f"{step.replace('_', '-')} needs --dataset, --variant and --seed")
-        return copy.deepcopy(spec.resolve(params, dataset, variant, None if seed is None else int(seed)))
-    if spec.per_dataset:
-        if dataset is None:
-            raise UserError(f"step {step} needs --dataset")
-        datasets = get(params, "datasets")
-        if dataset not in datasets:
-            raise UserError(f"dataset {dataset!r} is not defined under datasets: in params.yaml "
-                            f"(defined: {', '.join(datasets)})")
-    out: dict[str, Any] = {}
-    for key in spec.param_keys(params, dataset):
-        validate(params, key)
-        out[key] = get(params, key)
-    if spec.uses_all_programs:
-        # what rendering depends on is the union of the programs, not which dataset asked for which
-        out = {k: v for k, v in out.items() if not k.startswith("datasets.")}
-        out["programs"] = render_programs(params)
-    return copy.deepcopy(out)  # the caller may change it; params stay as loaded
-
-
-def _in_slice(cfg: dict, path: str) -> tuple[bool, Any]:
-    """A slice's entry: a top-level key as it is ("data.mel"), else a path through nested mappings."""
-    if path in cfg:
-        return True, cfg[path]
-    try:
-        return True, get(cfg, path)
-    except UserError:
-        return False, None
-
-
-def check_slice(cfg: dict, step: str, dataset: str | None = None, variant: str | None = None,
-                seed: int | None = None) -> None:
-    """Check a slice handed to ``step`` from outside (Snakemake's --config, or one printed earlier by
-    ``python -m musicdecomp config``) as ``step_config`` checks params.yaml: every key there, known, in range,
-    and naming the same dataset, variant and seed as the command line. A slice printed by another version
-    of this package gets one line saying so, not a KeyError deep inside the step. Needs no YAML and no
-    params.yaml (the GPU machine runs steps from slices alone)."""
-    from musicdecomp.pipeline import STEPS
-
-    if step not in STEPS:
-        raise UserError(f"unknown step {step!r}; known steps: {', '.join(STEPS)}")
-    spec, name = STEPS[step], step.replace("_", "-")
-    again = (f"print it again with `python -m musicdecomp config {name}"
-             + "".join(f" --{o} {v}" for o, v in (("dataset", dataset), ("variant", variant), ("seed", seed))
-                       if v is not None) + "` (it may come from another version of musicdecomp)")
-
-    def bad(problem: str):
-        raise UserError(f"the --config of {name}: {problem}; {again}")
-
-    if spec.resolve is None:  # a slice cut from params.yaml: its keys are the step's own
-        if spec.per_dataset and dataset is None:
-            bad("the step needs --dataset too")
-        fields = [k.format(dataset=dataset) for k in spec.params] + (["programs"] if spec.uses_all_programs else [])
-        sections = [(k, k) for k in fields if k != "programs"]
-        extra = sorted(set(cfg) - set(fields))
-        other = [k for k in extra if k.startswith("datasets.") and k.count(".") == 1]
-        if other and dataset is not None and f"datasets.{dataset}" not in cfg:
-            bad(f"it is for dataset {other[0].split('.')[1]!r}, but the command line says --dataset {dataset}")
-        if extra:
-            bad(f"it holds {', '.join(extra)}, which this step does not take")
-        if spec.uses_all_programs and "programs" in cfg and not _programs()[0](cfg["programs"]):
-            bad(f"programs = {cfg['programs']!r} is out of range: expected {_programs()[1]}")
-    else:
-        fields, sections = list(spec.fields), list(spec.sections)
-    lacking = [k for k in fields if k not in cfg]
-    if lacking:
-        bad(f"it lacks {', '.join(lacking)}")
-    for option, value in (("dataset", dataset), ("variant", variant), ("seed", seed)):
-        key = "baseline" if option == "variant" and "baseline" in fields else option
-        if value is not None and key in fields and str(cfg[key]) != str(value):
-            bad(f"it is for {key} {cfg[key]!r}, but the command line says --{option} {value}")
-    if spec.check is not None and (problem := spec.check(cfg)):
-        bad(problem)
-    for path, key in sections:
-        optional, path = path.endswith("?"), path.rstrip("?")
-        found, value = _in_slice(cfg, path)
-        if not found:
-            if optional and path.split(".")[0] not in cfg:
-                continue
-            bad(f"it lacks {path}")
-        key = key.format(**{k: v for k, v in cfg.items() if isinstance(v, str)})
-        nested: Any = value
-        for part in reversed(key.split(".")):
-            nested = {part: nested}
-        try:
-            validate(nested, key, fix=again)
-        except UserError as e:
-            raise UserError(f"the --config of {name}: {e}") from None
-
-
-def render_programs(params: dict) -> list[int]:
-    """Every GM program that some dataset uses: the render step renders each pitch on each of them."""
-    programs: set[int] = set()
-    for name, ds in get(params, "datasets").items():
-        validate(params, f"datasets.{name}")
-        programs.update(ds["programs"])
-    return sorted(programs)
+def check_composable(params: dict) -> None:
+    """Cross-field rules of the composable-representations section: its subsets exist, the U-Net's lists agree, the
+    crop fits the strides and the 525-frame chunks."""
+    comp = params["composable"]
+    subsets = params["stems"].get("subsets", {})
+    for name in comp.get("subsets", []):
+        if name not in subsets:
+            raise UserError(f"composable.subsets names {name!r}, which stems.subsets does not define "
+                            f"(defined: {', '.join(subsets)}); add it there or remove it")
+    unet = comp.get("model", {}).get("unet", {})
+    if {"channels", "kernels", "strides", "attention"} <= unet.keys():
+        levels = len(unet["channels"])
+        if not len(unet["kernels"]) == len(unet["strides"]) == len(unet["attention"]) == levels:
+            raise UserError(f"composable.model.unet: channels, kernels, strides and attention need one entry per "
+                            f"level ({levels} channels given)")
+        factor = math.prod(unet["strides"])
+        crop = comp["model"].get("crop_frames")
+        if crop is not None and crop % factor:
+            raise UserError(f"composable.model.crop_frames = {crop} is not divisible by the product of "
+                            f"composable.model.unet.strides ({factor}); pick a multiple of it")
 
 
 def to_json(cfg: dict) -> str:

@@ -17,7 +17,8 @@ from musicdecomp.errors import UserError
 
 def load_torch(path: str | os.PathLike, what: str, missing: str, unreadable: str):
     """``torch.load`` onto the CPU (tensors and plain containers only). A missing file raises
-    "<path> does not exist; <missing>", an unreadable or foreign one "<path> is not <what> (<error>); <unreadable>"."""
+    "<path> does not exist; <missing>", an unreadable or foreign one "<path> is not <what> (<error type>: <the first
+    line of its message>); <unreadable>"."""
     import torch
 
     try:
@@ -25,7 +26,21 @@ def load_torch(path: str | os.PathLike, what: str, missing: str, unreadable: str
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; {missing}") from None
     except Exception as e:  # truncated, not a torch file, or made by something else
-        raise UserError(f"{path} is not {what} ({type(e).__name__}); {unreadable}") from None
+        raise UserError(f"{path} is not {what} ({first_line(e)}); {unreadable}") from None
+
+
+def first_line(error: BaseException, most: int = 200) -> str:
+    """``<type>: <the first line of its message>``, for a one-line error: a line longer than ``most`` characters is cut
+    after its first sentence (or at ``most``); of torch's "Weights only load failed" the unpickler's own line."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:  # torch.load's advice first, the reason after it
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(text) > most:
+        end = text.find(". ")
+        text = text[:end + 1] if 0 < end < most else text[:most - 3] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def read_json(path: str | os.PathLike, missing: str, unreadable: str | None = None):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from musicdecomp.io import ensure_parent
+
 LOGGER_NAME = "musicdecomp"
 
 
@@ -23,7 +25,6 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> log
     stream.setFormatter(fmt)
     logger.addHandler(stream)
     if log_file:
-        from musicdecomp.io import ensure_parent
 
         ensure_parent(log_file)
         fh = logging.FileHandler(log_file, mode="a")  # appended: a resumed training run's log keeps every call

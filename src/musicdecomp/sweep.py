@@ -136,3 +136,38 @@ def train_config(params: dict, dataset: str, variant: str, seed: int) -> dict:
         raise UserError(f"dataset {dataset!r} is not defined under datasets: in params.yaml")
     return {"run_name": run_name(dataset, variant, seed), "dataset": dataset, "variant": variant, "seed": int(seed),
             "model": variant_model(params["musicslots"]["model"], variant), "train": params["musicslots"]["train"]}
+
+
+# --- composable representations ------------------------------------------------------------------------------
+
+COMPOSABLE_VARIANTS = ("mean", "sum", "min", "max", "supervised")  # the operators, and the supervised separator
+COMPOSABLE_VARIANT_PATTERN = "|".join(COMPOSABLE_VARIANTS)
+
+
+def composable_runs(params: dict) -> list[tuple[str, str, int]]:
+    """(subset, variant, seed) for every composable-representations run `all` trains."""
+    c = params["composable"]
+    return [(s, v, seed) for s in c["subsets"] for v in c["variants"] for seed in c["seeds"]]
+
+
+def composable_dir(subset: str, variant: str, seed: int) -> str:
+    return f"results/composable/{subset}/{variant}/seed{seed}"
+
+
+def composable_config(params: dict, subset: str, variant: str, seed: int) -> dict:
+    """Everything a composable-representations run depends on: its subset's classes (N), the model and training
+    settings."""
+    subsets = params["stems"]["subsets"]
+    if subset not in subsets:
+        raise UserError(f"subset {subset!r} is not defined under stems.subsets (defined: {', '.join(subsets)})")
+    if variant not in COMPOSABLE_VARIANTS:
+        raise UserError(f"variant {variant!r} is not one of {', '.join(COMPOSABLE_VARIANTS)}")
+    c = params["composable"]
+    return {"run_name": f"composable/{subset}/{variant}/seed{seed}", "subset": subset, "variant": variant,
+            "seed": int(seed), "classes": list(subsets[subset]), "model": c["model"], "train": c["train"]}
+
+
+def composable_tables_config(params: dict, *_run) -> dict:
+    """What the composable tables depend on: the runs and the subsets whose evaluations they read."""
+    return {"runs": [list(r) for r in composable_runs(params)], "subsets": list(params["composable"]["subsets"]),
+            "variants": list(params["composable"]["variants"])}

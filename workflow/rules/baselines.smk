@@ -1,5 +1,5 @@
-# Baselines (autoencoder / VAE with a latent probe, supervised CNN), their probes, and the result tables.
-BASELINE_DIR = baseline_dir("{dataset}", "{baseline}", "{seed}")
+# Table 2's baselines (autoencoder / VAE with a latent probe, supervised CNN), their probes, and the tables.
+from musicdecomp.sweep import BASELINE_PATTERN
 
 
 wildcard_constraints:
@@ -7,62 +7,29 @@ wildcard_constraints:
 
 
 rule train_baseline:
-    input:
-        train="results/data/{dataset}/train.pt",
-        valid="results/data/{dataset}/valid.pt",
-        mlflow=mlflow_ready(),
-        code=code("train_baseline"),
-    output:
-        best=f"{BASELINE_DIR}/best.pt",
-        summary=f"{BASELINE_DIR}/train.json",
-    params:
-        cfg=lambda wc: step_params("train_baseline", wc.dataset, wc.baseline, int(wc.seed)),
-        run_dir=BASELINE_DIR,
+    input: **inputs("train_baseline")
+    output: **outputs("train_baseline")
+    params: **params("train_baseline")
     threads: 2
     resources:
         gpu=1,
-    log:
-        "logs/baselines/{dataset}/{baseline}/seed{seed}/train.log",
-    shell:
-        "{PY} -m musicdecomp train-baseline --config {params.cfg:q} --dataset {wildcards.dataset}"
-        " --variant {wildcards.baseline} --seed {wildcards.seed} --data-dir results/data/{wildcards.dataset}"
-        " --run-dir {params.run_dir} --threads {threads} {TRACKING} --log {log}"
+    log: step_log("train_baseline")
+    shell: command("train_baseline")
 
 
 rule probe_baseline:
-    input:
-        best=rules.train_baseline.output.best,
-        summary=rules.train_baseline.output.summary,
-        data=dataset_outputs("{dataset}"),
-        code=code("probe"),
-    output:
-        f"{BASELINE_DIR}/probe.json",
-    params:
-        cfg=step_params("probe"),
-        run_dir=BASELINE_DIR,
+    input: **inputs("probe_baseline")
+    output: **outputs("probe_baseline")
+    params: **params("probe_baseline")
     resources:
         gpu=1,
-    log:
-        "logs/baselines/{dataset}/{baseline}/seed{seed}/probe.log",
-    shell:
-        "{PY} -m musicdecomp probe --config {params.cfg:q} --run-dir {params.run_dir}"
-        " --data-dir results/data/{wildcards.dataset} --out {output} {TRACKING} --log {log}"
+    log: step_log("probe_baseline")
+    shell: command("probe_baseline")
 
 
 rule tables:
-    input:
-        evals=table_inputs(),
-        code=code("tables"),
-    output:
-        "results/tables/table1_musicslots.csv",
-        "results/tables/table1_musicslots.md",
-        "results/tables/table1_musicslots.tex",
-        "results/tables/table2_probes.csv",
-        "results/tables/table2_probes.md",
-        "results/tables/table2_probes.tex",
-    params:
-        cfg=step_params("tables"),
-    log:
-        "logs/tables.log",
-    shell:
-        "{PY} -m musicdecomp tables --config {params.cfg:q} --out-dir results/tables --log {log}"
+    input: **inputs("tables")
+    output: **outputs("tables")
+    params: **params("tables")
+    log: step_log("tables")
+    shell: command("tables")

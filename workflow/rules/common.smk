@@ -1,13 +1,14 @@
-# Helpers shared by the rules: the parameter slices and code files each step depends on come from
-# musicdecomp.pipeline, the same table dvc.yaml follows.
-import json
+# Helpers shared by the rules. Every rule's inputs, outputs, log and command come from the step table
+# (src/musicdecomp/pipeline.py), the table dvc.yaml is written from; the rules add what only Snakemake needs
+# (threads, resources). A rule reruns when its parameter slice, an input or its step's code version changes.
 import os
 import re
 import sys
 
-from musicdecomp.config import step_config, to_json, validate
+from musicdecomp.config import to_json, validate
+from musicdecomp.data import SPLITS
 from musicdecomp.errors import UserError
-from musicdecomp.pipeline import SPLITS, STEPS
+from musicdecomp.pipeline import code_version, experiment_input, rule as table_rule, snakemake_shell, step_config
 
 try:
     validate(config)
@@ -19,18 +20,55 @@ PY = sys.executable
 DATASETS = list(config["datasets"])
 
 
+def tracking_args():
+    t = config["tracking"]
+    return f"--tracking-uri {t['mlflow_uri']} --experiment {t['experiment']}" if t["mlflow_uri"] else ""
+
+
+TRACKING = tracking_args()
+
+
 wildcard_constraints:
     dataset="|".join(re.escape(d) for d in DATASETS),
 
 
 def step_params(step, dataset=None, variant=None, seed=None):
     """The step's parameter slice as JSON: Snakemake's params rerun trigger sees exactly what the step uses."""
-    return to_json(step_config(config, step, dataset, variant, seed))
+    return to_json(step_config(config, step, dataset, variant, None if seed is None else int(seed)))
 
 
-def code(step):
-    """The package files whose edits rerun the step (absolute, so --directory works)."""
-    return [os.path.join(workflow.basedir, f) for f in STEPS[step].code_files()]
+def inputs(name):
+    """The rule's inputs from the step table (functions of the parameters evaluated here)."""
+    _, r = table_rule(name)
+    out = {k: v(config) if callable(v) else v for k, v in r.inputs.items()}
+    if r.experiment:
+        out["mlflow"] = experiment_input(config)
+    return out
+
+
+def outputs(name):
+    _, r = table_rule(name)
+    return {k: directory(v.rstrip("/")) if v.endswith("/") else v for k, v in r.outputs.items()}
+
+
+def step_log(name):
+    return table_rule(name)[1].log
+
+
+def params(name):
+    """``cfg``, the step's slice for the job's wildcards, and ``version``, its code version: a change in either
+    reruns the job."""
+    step, _ = table_rule(name)
+
+    def cfg(wildcards):
+        run = wildcards.get("variant") or wildcards.get("baseline")
+        return step_params(step.name, wildcards.get("dataset") or wildcards.get("subset"), run, wildcards.get("seed"))
+
+    return {"cfg": cfg, "version": code_version(step.name)}
+
+
+def command(name):
+    return snakemake_shell(name, TRACKING)
 
 
 def dataset_outputs(dataset):
@@ -43,5 +81,6 @@ def data_targets():
 
 def all_targets():
     return (data_targets() + ["results/tables/table1_musicslots.md", "results/tables/table2_probes.md",
-                             "results/stems/jsb/summary.json", "results/tables/codec.md"]
+                             "results/stems/jsb/summary.json", "results/tables/codec.md",
+                             "results/tables/composable_separation.md", "results/tables/composable_operators.md"]
             + [f"results/codec/codes/{split}.pt" for split in SPLITS])

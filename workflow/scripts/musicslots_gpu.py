@@ -31,7 +31,7 @@ it is probed (a linear probe on the VAE's mean latent; the CNN's own test accura
 
 A stopped run continues with the same command where its folder still exists (a machine kept warm), or on a fresh
 machine from a checkpoint brought back (``--keep-last`` brings it back as a compact copy: Adam's moments in
-bfloat16, 28 MB instead of 42 at paper size, see musicdecomp.train.loop.compact_checkpoint):
+bfloat16, 28 MB instead of 42 at paper size, see musicdecomp.train.checkpoints.compact_checkpoint):
 
     python workflow/scripts/musicslots_gpu.py unpack --from <folder of the files> --to checkpoints/musicslots
     git add checkpoints/musicslots && git commit ...     # kept in git: results/ does not outlive a checkout
@@ -65,6 +65,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))  # musicdecomp, imported only where a check needs it (it brings torch)
 from musicdecomp.sweep import is_baseline  # noqa: E402  (plain Python: no torch)
+
 SPEED_OPTIONS = ("channels_last", "cudnn_benchmark")  # musicdecomp.train.loop.SPEED_OPTIONS (not imported here)
 DATASET = "jsb_multi"
 INPUTS = {"chords.csv": "results/data/jsb/chords.csv", "summary.json": "results/data/jsb/summary.json",
@@ -205,7 +206,7 @@ def check_continued(run: Path, cfg: dict, params: list[str]) -> None:
     trained = json.loads((run / "config.json").read_text())
     if trained == cfg:
         return
-    from musicdecomp.train.loop import config_differences
+    from musicdecomp.train.checkpoints import config_differences
 
     sys.exit(f"{run} was trained with other parameters than {' + '.join(params)} give: "
              f"{config_differences(trained, cfg, 'staged')}. Continuing it there would start it over; stage it with "
@@ -224,8 +225,8 @@ def check_configs(path: Path, configs: dict, variants: list[str]) -> None:
     if lacking:
         sys.exit(f"{path} has no config for {', '.join(lacking)} (staged by an older version of this script); "
                  f"stage it again with `prepare`")
-    from musicdecomp.config import check_slice
     from musicdecomp.errors import UserError
+    from musicdecomp.pipeline import check_slice
 
     try:
         check_slice(configs["features"], "features", DATASET)
@@ -447,7 +448,7 @@ def pack_run(run_dir: Path, tar_path: Path, keep_last: bool) -> None:
     with tarfile.open(tar_path, "w") as tar:
         tar.add(run_dir, arcname=run_dir.name, filter=leave_out)
         if keep_last and not finished and (run_dir / "ckpt/last.pt").exists():
-            from musicdecomp.train.loop import compact_checkpoint
+            from musicdecomp.train.checkpoints import compact_checkpoint
 
             with tempfile.TemporaryDirectory() as tmp:
                 compact = Path(tmp) / "last.pt"
@@ -516,7 +517,7 @@ def place_run(new: Path, dst: Path) -> None:
     machine, since only ckpt/last.pt travels there, so the earlier best checkpoint is kept, with its test evaluation,
     when its validation score is higher. (A run continued in place from checkpoints/ took its best checkpoint along.)
     A finished run keeps its best model once, as best.pt."""
-    from musicdecomp.train.loop import read_best
+    from musicdecomp.train.checkpoints import read_best
 
     name = dst.name
     if dst.exists():

@@ -42,10 +42,12 @@ from pathlib import Path
 
 import torch
 
+from musicdecomp.data import SPLITS
+from musicdecomp.data.jsb import midi_name, read_chords
+from musicdecomp.data.mel import MelFeatures, check_lengths
 from musicdecomp.errors import UserError
 from musicdecomp.io import atomic_path, load_torch, read_json, sha256_of, write_json
 from musicdecomp.logs import get_logger, progress
-from musicdecomp.pipeline import SPLITS
 
 log = get_logger("datasets")
 
@@ -79,9 +81,6 @@ def expected_counts(chords: list[tuple[tuple[int, ...], str]], n_programs: int, 
 def build_dataset(cfg: dict, dataset: str, chords_csv: str | Path, chords_summary: str | Path,
                   notes_pt: str | Path, out_dir: str | Path) -> dict:
     """The features step: chords + rendered notes -> {train,valid,test}.pt and summary.json for ``dataset``."""
-    from musicdecomp.data.jsb import read_chords
-    from musicdecomp.data.mel import MelFeatures, check_lengths
-
     ds = cfg[f"datasets.{dataset}"]
     mel = cfg["data.mel"]
     programs, k, seed = ds["programs"], ds["assignments_per_chord"], ds["seed"]
@@ -193,8 +192,6 @@ def inaudible_notes(bank_db: torch.Tensor, bank: list[tuple[int, int]], mask_db:
                     program_names: dict[int, str]) -> list[dict]:
     """The (pitch, program) notes of the bank whose ground-truth mask is empty: nothing at or above ``mask_db``.
     (FluidR3_GM's violin renders MIDI 94 as silence.) Such a note is in the metrics but no slot can find it."""
-    from musicdecomp.data.figures import midi_name
-
     empty = ~(bank_db >= mask_db).flatten(1).any(1)
     return [{"pitch": p, "program": g, "name": f"{midi_name(p)} {program_names[g]}",
              "max_db": round(float(bank_db[i].max()), 2)} for i, (p, g) in enumerate(bank) if empty[i]]
@@ -203,7 +200,6 @@ def inaudible_notes(bank_db: torch.Tensor, bank: list[tuple[int, int]], mask_db:
 @dataclass
 class MusicSlotsSplit:
     """One split held in memory (CPU or GPU); ``batch`` gathers examples without any disk access."""
-
     chord_db: torch.Tensor     # (N, 1, F, T) float32
     note_index: torch.Tensor   # (N, V) long, -1 pads
     pitch: torch.Tensor        # (N, V) long, -1 pads

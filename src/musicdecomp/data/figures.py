@@ -6,15 +6,12 @@ from pathlib import Path
 
 import torch
 
+from musicdecomp.data.datasets import load_split
+from musicdecomp.data.jsb import midi_name
 from musicdecomp.io import atomic_path
 from musicdecomp.logs import get_logger
 
 log = get_logger("figures")
-
-
-def midi_name(pitch: int) -> str:
-    names = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
-    return f"{names[pitch % 12]}{pitch // 12 - 1}"
 
 
 def plot_examples(cfg: dict, dataset: str, split_pt: str | Path, out_png: str | Path) -> None:
@@ -24,7 +21,6 @@ def plot_examples(cfg: dict, dataset: str, split_pt: str | Path, out_png: str | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from musicdecomp.data.datasets import load_split
 
     fig_cfg = cfg["figures"]
     data = load_split(split_pt)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from musicdecomp.data import SPLITS
 from musicdecomp.errors import UserError
 from musicdecomp.io import atomic_path, copy_file, download, read_json, sha256_of, verify_sha256, write_json
 from musicdecomp.logs import get_logger
-from musicdecomp.pipeline import SPLITS
 
 log = get_logger("jsb")
 
@@ -166,3 +166,9 @@ def read_chords(path: str | Path) -> list[tuple[tuple[int, ...], str]]:
     if any(s not in SPLITS for _, s in out):
         raise UserError(f"{path} has an unknown split name; rerun the chords step")
     return out
+
+
+def midi_name(pitch: int) -> str:
+    """A MIDI pitch's note name, e.g. 60 -> C4."""
+    names = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
+    return f"{names[pitch % 12]}{pitch // 12 - 1}"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from musicdecomp.errors import UserError
+
 
 def mel_transform(mel: dict, sample_rate: int):
     import torchaudio
@@ -40,8 +42,6 @@ def db_to_power(db: torch.Tensor) -> torch.Tensor:
 
 def check_lengths(mel: dict, n_samples: int) -> None:
     """The crop must come from real samples: the last kept frame may not reach the reflect padding."""
-    from musicdecomp.errors import UserError
-
     need = (mel["n_frames"] - 1) * mel["hop_length"] + mel["n_fft"] // 2
     if n_samples < need:
         raise UserError(f"data.render.n_samples = {n_samples} is too short for {mel['n_frames']} frames "
@@ -50,7 +50,6 @@ def check_lengths(mel: dict, n_samples: int) -> None:
 
 class MelFeatures:
     """Waveforms (..., n_samples) at ``sample_rate`` -> cropped dB mel spectrograms (..., n_mels, n_frames)."""
-
     def __init__(self, mel: dict, sample_rate: int):
         self.cfg = mel
         self.transform = mel_transform(mel, sample_rate)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from musicdecomp.data.jsb import read_chords
 from musicdecomp.errors import UserError
 from musicdecomp.io import atomic_path, sha256_of
 from musicdecomp.logs import get_logger, progress
@@ -76,7 +77,6 @@ def import_fluidsynth():
 
 class Synth:
     """One FluidSynth instance with one soundfont loaded (samples loaded on demand)."""
-
     def __init__(self, soundfont: str, rate: int, gain: float, reverb: bool, chorus: bool):
         import ctypes
 
@@ -221,7 +221,6 @@ def render_notes(cfg: dict, chords_csv: str | Path, out: str | Path, workers: in
     """
     import torch
 
-    from musicdecomp.data.jsb import read_chords
 
     r = cfg["data.render"]
     programs = cfg["programs"]

@@ -25,12 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
+from musicdecomp.data import SPLITS
 from musicdecomp.data.chunks import chunk_signals
 from musicdecomp.data.drums import drum_part
+from musicdecomp.data.jsb import fetch_source, read_splits_json
+from musicdecomp.data.render import Synth, check_soundfont
+from musicdecomp.data.slakh import class_signals, list_tracks
 from musicdecomp.errors import UserError
 from musicdecomp.io import atomic_path, read_json, sha256_of, write_json
 from musicdecomp.logs import get_logger, progress
-from musicdecomp.pipeline import SPLITS
 
 log = get_logger("stems")
 
@@ -39,8 +42,6 @@ CLASSES = ("drums", "bass", "piano")
 
 def read_separated(path: str | Path) -> dict[str, list[list[list[int]]]]:
     """Parse and check Jsb16thSeparated.json ({train, valid, test}: chorales of [S, A, T, B] steps)."""
-    from musicdecomp.data.jsb import read_splits_json
-
     data, fix = read_splits_json(path, "data.jsb16.source")
     for split in SPLITS:
         if not all(isinstance(ch, list) and all(isinstance(st, list) and len(st) == 4 for st in ch)
@@ -71,8 +72,6 @@ def render_plan(chorale: list[list[int]], cfg: dict, rng: random.Random) -> dict
 
 def render_stems(chorale: list[list[int]], plan: dict, cfg: dict) -> np.ndarray:
     """(3, n) float32 stems drums, bass, piano at ``cfg['sample_rate']``."""
-    from musicdecomp.data.render import Synth
-
     sr = cfg["sample_rate"]
     step = 60.0 / plan["tempo"] / 4 * sr  # samples per sixteenth
     n_total = int(np.ceil((len(chorale) * step + cfg["tail_seconds"] * sr) / 64) * 64)
@@ -130,7 +129,6 @@ def _render_job(args) -> dict:
 
 
 def fetch_jsb16(cfg: dict, out: str | Path) -> dict:
-    from musicdecomp.data.jsb import fetch_source
 
     return fetch_source(cfg["data.jsb16.source"], "data.jsb16.source", out, read_separated)
 
@@ -139,7 +137,6 @@ def build_stems(cfg: dict, json_path: str | Path, out_dir: str | Path, workers: 
     """The stems step: every (chorale, render) -> FLAC, plus per-split indexes with the kept chunks per subset."""
     import os
 
-    from musicdecomp.data.render import check_soundfont
 
     s = {**cfg["stems"], "soundfont": cfg["data.render.soundfont"], "reverb": cfg["data.render.reverb"],
          "chorus": cfg["data.render.chorus"]}
@@ -184,8 +181,6 @@ SLAKH_CLASSES = {"drums": "Drums", "bass": "Bass", "piano": "Piano"}
 def build_slakh_stems(s: dict, out_dir: Path) -> dict:
     """The same outputs from Slakh2100 (``stems.slakh_root``): per track, the class signals (mean of the class's
     stems, 24 kHz mono) as one FLAC; tracks need drums and bass (piano is silence where a track has none)."""
-    from musicdecomp.data.slakh import class_signals, list_tracks
-
     if not s["slakh_root"]:
         raise UserError("stems.source is slakh but stems.slakh_root is null; set it to the folder holding "
                         "train/, validation/ and test/ (slakh2100_flac_redux)")

@@ -16,19 +16,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musicdecomp.codec.latents import load_codes
-from musicdecomp.codec.model import codes_to_latent, latent_to_audio
-from musicdecomp.codec.source import load_codec
 from musicdecomp.data.stems import read_position
+from musicdecomp.device import pick_device
 from musicdecomp.errors import UserError
-from musicdecomp.eval.msstft import ms_stft_distance
+from musicdecomp.eval.tables import paper_numbers
 from musicdecomp.io import atomic_dir, atomic_path, read_json, write_json, write_text
 from musicdecomp.logs import get_logger, progress
+from musicdecomp.metrics.msstft import ms_stft_distance
+from musicdecomp.models.codes import load_codes
+from musicdecomp.models.encodec import codes_to_latent, latent_to_audio, load_codec
 
 log = get_logger("eval_codec")
 
-# composable.md §6, Table 1: pretrained EnCodec 24 kHz on the Slakh2100 test split (MS-STFT against raw audio)
-PAPER_MS_STFT = 4.7
 
 
 @torch.no_grad()
@@ -41,7 +40,6 @@ def evaluate_codec(cfg: dict, model_path: str | Path, codes_path: str | Path, in
                    audio_dir: str | Path, device: str = "auto", batch: int = 4) -> dict:
     import soundfile as sf
 
-    from musicdecomp.train.loop import pick_device
 
     dev = pick_device(device)
     model, info = load_codec(model_path)
@@ -97,7 +95,7 @@ def evaluate_codec(cfg: dict, model_path: str | Path, codes_path: str | Path, in
                     for c, v in stats.items()}
     result = {"codec": {k: info[k] for k in ("source", "origin", "sha256", "bandwidth", "n_q")},
               "split": payload["split"], "chunks": len(picked), "rows": rows, "latent_stats": latent_stats,
-              "paper_ms_stft": PAPER_MS_STFT}
+              "paper_ms_stft": paper_numbers("composable")["table1"]["ms_stft"]}
     _write_table(result, table_csv, table_md)
     examples = _examples(model, payload, index, folder, picked, cfg, dev)
     _plot(examples, figure, info)
@@ -123,8 +121,9 @@ def _write_table(result: dict, out_csv: str | Path, out_md: str | Path) -> None:
                                               r["ms_stft_mean"], r["ms_stft_std"])))
         md.append(f"| {label} | {c['bandwidth']:g} | {r['subset']} | {r['signal']} | {r['chunks']} | "
                   f"{r['ms_stft_mean']:.2f} ({r['ms_stft_std']:.2f}) |")
-    csv.append(f"paper (reported),24.0,drums_bass (Slakh2100),mix,512,{PAPER_MS_STFT},")
-    md.append(f"| EnCodec 24 kHz, pretrained (paper, Slakh2100 test) | 24 | drums_bass | mix | 512 | {PAPER_MS_STFT} |")
+    paper = result["paper_ms_stft"]  # the paper's Table 1: pretrained EnCodec on the Slakh2100 test split
+    csv.append(f"paper (reported),24.0,drums_bass (Slakh2100),mix,512,{paper},")
+    md.append(f"| EnCodec 24 kHz, pretrained (paper, Slakh2100 test) | 24 | drums_bass | mix | 512 | {paper} |")
     write_text(out_csv, "\n".join(csv) + "\n")
     write_text(out_md, "Codec reconstruction on the test split: MS-STFT distance (RAVE form, windows 2048..128) "
                "between the decoded and the original 7-s chunks, mean (std) over chunks\n\n" + "\n".join(md) + "\n")

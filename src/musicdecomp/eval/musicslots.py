@@ -8,10 +8,15 @@ from pathlib import Path
 import torch
 
 from musicdecomp.data.datasets import load_split
+from musicdecomp.data.jsb import midi_name
+from musicdecomp.device import pick_device
+from musicdecomp.eval.listen import dataset_audio_settings, write_decomposition_audio
 from musicdecomp.io import atomic_path, write_json
 from musicdecomp.logs import get_logger
-from musicdecomp.train.loop import load_best, load_checkpoint
-from musicdecomp.train.musicslots import build_model, evaluate, pick_device
+from musicdecomp.metrics.musicslots import evaluate
+from musicdecomp.metrics.notes import note_metrics
+from musicdecomp.models.musicslots import build_model
+from musicdecomp.train.checkpoints import load_best, load_checkpoint
 from musicdecomp.train.tracking import log_to_training_run
 
 log = get_logger("eval")
@@ -33,7 +38,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path
     in bf16 on the GPU, 17.45 in float32 on CPU)."""
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     if audio_dir is not None:  # before the evaluation, so that a dataset without its summary fails at once
-        from musicdecomp.eval.listen import dataset_audio_settings, write_decomposition_audio
 
         audio_settings = dataset_audio_settings(data_dir)
     dev = pick_device(device)
@@ -77,15 +81,12 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out_json: str | Path
 def decompose_examples(model, data, device, n: int = 3) -> dict:
     """The first ``n`` test chords through the model (on the CPU afterwards): chord, reconstruction, slots
     (dB), ground-truth notes, which note each slot is matched to, and a label per note."""
-    from musicdecomp.data.figures import midi_name
-    from musicdecomp.eval.metrics import note_metrics
-
     model.eval()
     idx = torch.arange(min(n, len(data)), device=device)
     b = data.batch(idx)
     out = model(b["chord"], generator=torch.Generator(device=device).manual_seed(0))
     slot_db = model.slot_db(out)
-    match = note_metrics(b["notes"], slot_db, b["n_notes"], data.mask_db)["match"]
+    match = note_metrics(b["notes"], slot_db, b["n_notes"], data.mask_db, model.amin, model.top_db)["match"]
     model.train()
     note_labels = [[f"{midi_name(int(data.pitches[int(b['pitch'][r, v])]))} "
                     f"{data.program_names[int(b['instrument'][r, v])]}" for v in range(int(b["n_notes"][r]))]

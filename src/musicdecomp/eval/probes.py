@@ -16,25 +16,28 @@ from pathlib import Path
 
 import torch
 
+from musicdecomp.data import SPLITS
 from musicdecomp.data.datasets import load_split
-from musicdecomp.eval.accuracy import grid_level, note_level
+from musicdecomp.device import autocast, pick_device
 from musicdecomp.io import sha256_of, write_json
 from musicdecomp.logs import get_logger
+from musicdecomp.metrics.accuracy import grid_level, note_level
+from musicdecomp.metrics.musicslots import evaluate
 from musicdecomp.models.baselines import NoteProbe, multilabel_loss, multilabel_targets
+from musicdecomp.models.musicslots import build_model
 from musicdecomp.sweep import probe_train_config
 from musicdecomp.train.adopt import staged
-from musicdecomp.train.loop import autocast, load_best, pick_device, run_training
+from musicdecomp.train.baselines import build_baseline, predict_grid
+from musicdecomp.train.checkpoints import load_best
+from musicdecomp.train.loop import run_training
 from musicdecomp.train.tracking import log_to_training_run
 
 log = get_logger("probes")
-SPLITS = ("train", "valid", "test")
 
 
 @torch.no_grad()
 def musicslots_features(model, data, device, amp: str, batch_size: int) -> dict[str, torch.Tensor]:
     """Matched slot vectors per note: feats (N, V, D) (zeros at pads), pitch, instrument (N, V)."""
-    from musicdecomp.train.musicslots import evaluate
-
     res = evaluate(model, data, device, amp, batch_size, keep_slots=True)
     slots, match = res["slots"], torch.from_numpy(res["match"])
     feats = torch.gather(slots, 1, match.clamp(min=0)[..., None].expand(-1, -1, slots.shape[-1]))
@@ -53,9 +56,10 @@ def vae_features(model, data, device, amp: str, batch_size: int) -> dict[str, to
 
 
 def train_probe(cfg: dict, feats: dict[str, dict], probe_dir: Path, device, kind: str, n_p: int, n_i: int,
-                tracking: dict | None, data_id: str | None = None) -> torch.nn.Module:
+                tracking: dict | None, data_id: str | None = None, device_auto: bool = False) -> torch.nn.Module:
     """Fit a linear probe on the train features; ``kind`` "notes" (per-note heads) or "grid" (multi-label).
-    ``data_id`` names what the features come from (the dataset and the frozen model)."""
+    ``data_id`` names what the features come from (the dataset and the frozen model); ``device_auto``: ``device`` was
+    chosen by ``device: auto`` (musicdecomp.train.loop)."""
     tc = cfg["train"]
     dim = feats["test"]["feats"].shape[-1]
     probe = (NoteProbe(dim, n_p, n_i) if kind == "notes" else torch.nn.Linear(dim, n_p * n_i)).to(device)
@@ -78,7 +82,7 @@ def train_probe(cfg: dict, feats: dict[str, dict], probe_dir: Path, device, kind
         return {"score": acc["chord"], **{f"acc_{k}": v for k, v in acc.items()}}
 
     run_training(cfg, tc, probe_dir, probe, device, sample, loss, validate, tracking,
-                 {"model": f"probe-{kind}", "seed": str(cfg["seed"])}, data_id=data_id)
+                 {"model": f"probe-{kind}", "seed": str(cfg["seed"])}, data_id=data_id, device_auto=device_auto)
     probe.load_state_dict(load_best(probe_dir)["model"])
     return probe
 
@@ -94,9 +98,6 @@ def score(probe, f: dict, kind: str, n_p: int, n_i: int) -> dict[str, float]:
 def probe_run(probe_cfg: dict, run_dir: str | Path, data_dir: str | Path, out_json: str | Path,
               device: str = "auto", tracking: dict | None = None) -> dict:
     """Probe (or, for the supervised CNN, test) one trained run; writes test accuracies to ``out_json``."""
-    from musicdecomp.train.baselines import build_baseline, predict_grid
-    from musicdecomp.train.musicslots import build_model
-
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     dev = pick_device(device)
     state = load_best(run_dir)
@@ -126,7 +127,8 @@ def probe_run(probe_cfg: dict, run_dir: str | Path, data_dir: str | Path, out_js
         pcfg = probe_train_config(cfg, probe_cfg)
         # the features are the frozen model's: a probe checkpoint of another model (or data) is not continued
         data_id = f"{data['train'].source_id}/{sha256_of(run_dir / 'best.pt')[:16]}"
-        probe = train_probe(pcfg, feats, run_dir / "probe", dev, probe_kind, n_p, n_i, tracking, data_id)
+        probe = train_probe(pcfg, feats, run_dir / "probe", dev, probe_kind, n_p, n_i, tracking, data_id,
+                            device_auto=device == "auto")
         probe.eval()
         acc = score(probe, feats["test"], probe_kind, n_p, n_i)
     name = cfg["variant"] if kind == "musicslots" else cfg["baseline"]

@@ -4,8 +4,8 @@ supervised CNN. Both use the 4-layer 5x5 CNN with stride (2, 2), which maps 128x
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class StridedEncoder(nn.Module):

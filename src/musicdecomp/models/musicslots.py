@@ -61,3 +61,8 @@ class MusicSlots(nn.Module):
         """Per-slot dB spectrograms for evaluation: masked power, one 80 dB floor shared by all slots of an
         example (the official evaluation's clamp)."""
         return power_to_db(out["slot_power"], self.amin, self.top_db, dims=(-3, -2, -1))
+
+
+def build_model(model_cfg: dict, size: tuple[int, int]) -> MusicSlots:
+    """A MusicSlots model from a run's ``model`` settings, for spectrograms of ``size`` (F, T)."""
+    return MusicSlots(size=size, **model_cfg)

@@ -3,7 +3,10 @@
 ``attention="official"`` (default): the MusicSlots code's variant, which produced the paper's numbers: softmax
 over *inputs* of q.k (no 1/sqrt(D) inside), renormalised over slots, then a weighted *sum* of values.
 ``attention="standard"``: the Slot Attention paper's: softmax over slots of q.k/sqrt(D), then a weighted *mean*
-over inputs.
+over inputs. (The official code adds eps to each of the K terms of its renormalising sum, K*eps in all, this one
+adds it once: an input's weights differ by a relative (K-1)*eps over their sum across slots, which matters only for
+inputs that hardly any slot attends to.) ``tests/test_slot_attention.py`` pins both to an independent
+transcription of their equations.
 
 ``implicit=True`` detaches the slots at the start of every iteration (the official first-order implicit
 differentiation): gradients flow through the last iteration only, and the learnt initial mu/log-sigma

@@ -33,10 +33,14 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from musicdecomp.errors import UserError
 from musicdecomp.io import atomic_dir, copy_file, load_torch, read_json, write_json
 from musicdecomp.logs import get_logger
+from musicdecomp.sweep import baseline_dir, probe_runs, probe_train_config, run_dir
+from musicdecomp.train.checkpoints import RUN_STATE, config_differences, differing_keys, load_checkpoint, set_aside
+from musicdecomp.train.ingest import ingest_run
 
 log = get_logger("adopt")
 
@@ -54,8 +58,6 @@ def staged(run_dir: str | Path) -> bool:
 def check_run(src: Path, cfg: dict, data_id: str | None, trust_data: bool, fix: str) -> tuple[dict, dict]:
     """Check the finished run in ``src`` against ``cfg`` (and ``data_id`` where given); return its train.json and
     its best model. ``fix`` ends the errors about the parameters (how to adopt a run trained with other ones)."""
-    from musicdecomp.train.loop import config_differences, load_checkpoint
-
     what = "give a finished run folder (config.json, train.json, best.pt)"
     run_cfg = read_json(src / "config.json", what)
     if run_cfg != cfg:
@@ -84,13 +86,11 @@ def check_run(src: Path, cfg: dict, data_id: str | None, trust_data: bool, fix: 
     return summary, best
 
 
-def stage_adoption(src: str | Path, params: dict, root: str | Path = ".", trust_data: bool = False) -> dict:
+def stage_adoption(src: str | Path, params: dict, step_config: Callable, root: str | Path = ".",
+                   trust_data: bool = False) -> dict:
     """Check the run folder ``src`` against ``params`` and stage it in its pipeline folder under ``root``.
+    ``step_config(params, step, dataset, variant, seed)`` gives a step's slice (musicdecomp.pipeline.step_config).
     Returns {run_dir, targets (what to ask the workflow tools for), probe (whether its probe was staged)}."""
-    from musicdecomp.config import step_config
-    from musicdecomp.sweep import baseline_dir, probe_runs, probe_train_config, run_dir
-    from musicdecomp.train.loop import RUN_STATE, set_aside
-
     src, root = Path(src), Path(root)
     if not src.is_dir():
         raise UserError(f"{src} is not a folder: give a finished run folder (config.json, train.json, best.pt), "
@@ -145,8 +145,6 @@ def adopt_staged(run_dir: Path, cfg: dict, model, data_id: str | None, code: dic
                  tags: dict) -> dict | None:
     """Publish the run staged in ``run_dir`` (see the module docstring) and return its train.json; None if none
     is staged. Called by the training loop with the step's own configuration, data and model."""
-    from musicdecomp.train.loop import differing_keys
-
     stage = run_dir / ADOPT
     if not staged(run_dir):
         return None
@@ -173,7 +171,6 @@ def adopt_staged(run_dir: Path, cfg: dict, model, data_id: str | None, code: dic
     write_json(run_dir / META, summary["adopted"])  # so that training it here again sets the adopted run aside
     write_json(run_dir / "train.json", summary)
     if tracking and tracking.get("mlflow_uri"):
-        from musicdecomp.train.ingest import ingest_run
 
         tags = {**tags, "musicdecomp.adopted_from": meta["from"],
                 **({"musicdecomp.adopted_code_differs": ",".join(differs)} if differs else {})}

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from musicdecomp.eval.accuracy import grid_level
+from musicdecomp.device import autocast
+from musicdecomp.metrics.accuracy import grid_level
 from musicdecomp.models.baselines import VAE, SupervisedCNN, multilabel_loss, multilabel_targets
-from musicdecomp.pipeline import STEPS
-from musicdecomp.train.loop import autocast, prepare, run_training
+from musicdecomp.train.loop import prepare, run_training
 
 
 def build_baseline(cfg: dict, n_pitches: int, n_instruments: int, size=(128, 32)) -> torch.nn.Module:
@@ -49,9 +49,9 @@ def vae_loss(model: VAE, data, device, amp: str, batch_size: int, kld_weight: fl
 
 def train_baseline(cfg: dict, data_dir: str | Path, run_dir: str | Path, device: str = "auto",
                    tracking: dict | None = None, threads: int | None = None, stop_after: int | None = None,
-                   time_limit: float | None = None, speed: dict | None = None) -> dict:
-    """``cfg``: {run_name, dataset, baseline, seed, kind (vae|cnn), kld_weight, model, train}; ``speed`` as for
-    MusicSlots (musicdecomp.train.loop)."""
+                   time_limit: float | None = None, speed: dict | None = None, code: dict | None = None) -> dict:
+    """``cfg``: {run_name, dataset, baseline, seed, kind (vae|cnn), kld_weight, model, train}; ``speed`` and
+    ``code`` as for MusicSlots (musicdecomp.train.loop)."""
     tc = cfg["train"]
     dev, train, valid = prepare(cfg, data_dir, device, threads)
     n_p, n_i = len(train.pitches), len(train.programs)
@@ -83,4 +83,5 @@ def train_baseline(cfg: dict, data_dir: str | Path, run_dir: str | Path, device:
 
     return run_training(cfg, tc, run_dir, model, dev, sample, loss, validate, tracking,
                         {"model": cfg["baseline"], "dataset": cfg["dataset"], "seed": str(cfg["seed"])},
-                        stop_after, time_limit, speed, data_id=train.source_id, code=STEPS["train_baseline"].code_id())
+                        stop_after, time_limit, speed, data_id=train.source_id, code=code,
+                        device_auto=device == "auto")

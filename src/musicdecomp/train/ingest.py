@@ -19,8 +19,14 @@ from pathlib import Path
 from musicdecomp.errors import UserError
 from musicdecomp.io import read_json
 from musicdecomp.logs import get_logger
-from musicdecomp.train.tracking import (ensure_experiment, flat_params, log_artifact_path, metric_key,
-                                        resume_tags)
+from musicdecomp.train.tracking import (
+    ensure_experiment,
+    flat_params,
+    log_artifact_path,
+    metric_key,
+    plot_curves,
+    resume_tags,
+)
 
 log = get_logger("ingest")
 
@@ -108,7 +114,6 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
         for i in range(0, len(metrics), BATCH):
             client.log_batch(run_id, metrics=metrics[i:i + BATCH])
         if not (run_dir / "curves.png").exists() and rows:
-            from musicdecomp.train.loop import plot_curves
             plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", name)
         for rel in ARTIFACTS:
             if (run_dir / rel).exists():

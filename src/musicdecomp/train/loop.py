@@ -15,7 +15,11 @@ checkpoints, ``progress.json``, ``train.json`` (``code_changes``) and the MLflow
 code versions can be told apart (delete ``ckpt/`` to train from scratch instead). A checkpoint of a *finished*
 run, or one made with another configuration or on other data, is not: a workflow manager reruns a finished training
 job only because something it depends on changed (parameters, data, code) or because it was asked to, so the run
-trains again from step 0. The old checkpoint and logs are moved to ``<run>/stale/<time>/`` (nothing is deleted),
+trains again from step 0. Finished means published: the last checkpoint is saved before publishing (``best.pt``,
+the curves, MLflow, ``train.json``) and marked ``published`` only after it, so a run whose publishing failed (a
+full disk, MLflow unreachable) is published by the next call, without training a step or setting anything aside;
+its ``train.json`` keeps the timings of the call that trained it. (Checkpoints from before this mark are taken as
+published.) The old checkpoint and logs are moved to ``<run>/stale/<time>/`` (nothing is deleted),
 with a warning saying why. (Snakemake's ``--touch`` or DVC's ``dvc commit`` accept an old result instead of
 retraining; a finished run trained elsewhere is brought in with ``adopt-run``, see ``musicdecomp.train.adopt``:
 staged in ``<run>/adopt/``, it is published by this loop instead of trained.)
@@ -38,7 +42,25 @@ wall-clock limit kills it: rerunning continues from there. Until the run has fin
 finds (its score and step), so a best checkpoint brought from elsewhere with the last one is not overwritten by a
 worse model.
 
-``compact_checkpoint`` stores a copy of ``ckpt/last.pt`` with Adam's moments in bfloat16 (28 MB instead of 42 at
+Checkpoints belong to the kind of device that made them. Weights, optimiser and loss scale load anywhere, but the
+random streams of the batches and the slot noise are generators of that device (CUDA: a Philox seed and offset;
+CPU: a Mersenne Twister state), and one kind's state cannot continue the other's stream: a CUDA checkpoint resumed
+on the CPU (or the reverse) would draw other batches and noise than the run it continues, which neither the run nor
+its record would show. So such a resume is refused in one line naming the file and the fix (resume on the device
+kind it names, or delete ``ckpt/`` to train from scratch), rather than reseeding silently. Another device of the
+same kind (``cuda:1`` after ``cuda:0``) restores them exactly. A finished run that is only published draws nothing
+and may be published on any device.
+
+Every checkpoint and best model is checked before it is saved: a NaN or infinite loss or weight (the loss is
+otherwise checked at logging steps only, and a time-based checkpoint may fall between two) fails the run with the
+one-line "training diverged" error, so no checkpoint holds a diverged model. One host sync per save.
+
+A run that ``device: auto`` (``--device auto``) put on the CPU because no GPU was found says so in one warning before
+it trains when it is sized for a GPU: when its remaining steps times its trainable parameters reach ``GPU_SIZED``
+(a tiny configuration's runs stay far below it; MusicSlots' paper-size runs are far above). Callers tell the loop
+that the device was chosen automatically (``device_auto``); ``--device cpu`` is taken as meant.
+
+``musicdecomp.train.checkpoints.compact_checkpoint`` stores a copy of ``ckpt/last.pt`` with Adam's moments in bfloat16 (28 MB instead of 42 at
 MusicSlots' paper size), for carrying a run between machines under a size limit. Resuming from it casts the moments
 back to float32 (``torch.optim.Optimizer.load_state_dict``); the rounding (under 0.4 % of each value) makes the
 continuation differ slightly from an uninterrupted run, so the steps where a run resumed from such a copy are
@@ -47,40 +69,27 @@ recorded (``compact_resumes`` in the checkpoints, ``progress.json`` and ``train.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from musicdecomp.data.datasets import load_split
+from musicdecomp.device import autocast, pick_device
 from musicdecomp.errors import UserError
-from musicdecomp.io import atomic_path, copy_file, load_torch, write_json
+from musicdecomp.io import copy_file, write_json
 from musicdecomp.logs import get_logger
 from musicdecomp.train.adopt import adopt_staged
+from musicdecomp.train.checkpoints import differing_keys, read_best, save, set_aside
 from musicdecomp.train.schedule import learning_rate
-from musicdecomp.train.tracking import Tracker, resume_tags
+from musicdecomp.train.tracking import Tracker, plot_curves, resume_tags
 
 log = get_logger("train")
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {requested!r} was asked for but CUDA is not available; use --device auto or cpu")
-    return torch.device(requested)
-
-
-AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the ``amp`` settings that autocast (on CUDA); "none": off
-
-
-def autocast(device: torch.device, amp: str):
-    """The forward pass's precision: ``amp`` (bf16 or fp16) autocast on CUDA; float32 on CPU and for "none"."""
-    if device.type == "cuda" and amp in AMP:
-        return torch.autocast("cuda", dtype=AMP[amp])
-    return torch.autocast(device.type, enabled=False)
-
+GPU_SIZED = 1e10  # remaining steps x trainable parameters from which a CPU run under device auto is warned about (the
+# module docstring): e.g. 3,000 steps of a 3.5 M-parameter model
 
 MIN_LOSS_SCALE = 2.0 ** -14  # 30 halvings below the start (2^16): float16's smallest normal number; below it the
 # gradients overflow at nearly every step
@@ -138,40 +147,11 @@ def check_speed(speed: dict | None) -> dict:
 
 def prepare(cfg: dict, data_dir: str | Path, device: str, threads: int | None):
     """Device, CPU threads, the run's seed, and its train/valid splits loaded onto the device."""
-    from musicdecomp.data.datasets import load_split
-
     dev = pick_device(device)
     if threads and dev.type == "cpu":
         torch.set_num_threads(threads)
     torch.manual_seed(cfg["seed"])
     return dev, load_split(Path(data_dir) / "train.pt", dev), load_split(Path(data_dir) / "valid.pt", dev)
-
-
-def load_best(run_dir: str | Path) -> dict:
-    """A finished run's ``best.pt`` ({model, config, step, val})."""
-    return load_checkpoint(Path(run_dir) / "best.pt", missing="train the run first (an unfinished run's "
-                                                             "ckpt/best.pt can be evaluated with --checkpoint)")
-
-
-def load_checkpoint(path: str | Path, missing: str = "train the run first") -> dict:
-    """A best-model file ({model, config, step, val}): ``best.pt`` or an unfinished run's ``ckpt/best.pt``."""
-    path = Path(path)
-    state = load_torch(path, "a readable checkpoint", missing, "train the run again")
-    if not isinstance(state, dict) or not {"model", "config", "step", "val"} <= set(state):
-        raise UserError(f"{path} is not a best-model file (model, config, step, val); ckpt/last.pt cannot be "
-                        f"evaluated, use ckpt/best.pt")
-    return state
-
-
-def read_best(path: str | Path) -> tuple[float, int]:
-    """(validation score, step) of a best-model file (``ckpt/best.pt`` or ``best.pt``)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return float(state["val"]["score"]), int(state["step"])
-
-
-# what a run folder holds of its training (set aside together when a run starts over)
-RUN_STATE = ("ckpt", "best.pt", "train.json", "config.json", "metrics.jsonl", "progress.json", "curves.png",
-             "test.json", "test.png", "test_audio", "probe", "probe.json", "adopted.json")
 
 
 def _not_resumable(state: dict, cfg: dict, steps: int, data_id: str | None) -> str:
@@ -182,82 +162,71 @@ def _not_resumable(state: dict, cfg: dict, steps: int, data_id: str | None) -> s
     if data_id is not None and state.get("data_id") is not None and state["data_id"] != data_id:
         return (f"it was trained on other data (data {state['data_id']}, now {data_id}: the dataset was rebuilt from "
                 f"other chords, notes or parameters)")
-    if state["step"] >= steps:
+    if state["step"] >= steps and state.get("published", True):  # unmarked: older checkpoints, published
         return "its run had finished, so this call trains it again"
     return ""
 
 
-COMPACT = "bfloat16 optimizer moments"
+def check_finite(model: torch.nn.Module, loss: torch.Tensor, run_name: str, step: int) -> None:
+    """Raise the one-line "training diverged" error if ``loss`` or any weight of ``model`` is NaN or infinite
+    (one host sync)."""
+    finite = torch.stack([torch.isfinite(loss).all()] + [torch.isfinite(p).all() for p in model.parameters()])
+    if not bool(finite.all()):
+        what = "loss" if not torch.isfinite(loss).all() else "non-finite weights, loss"
+        raise UserError(f"{run_name}: training diverged by step {step} ({what} {loss.item()}); lower the learning "
+                        f"rate or check the data")
 
 
-def compact_checkpoint(src: str | Path, dst: str | Path) -> dict:
-    """Write ``src`` (a ``ckpt/last.pt``) to ``dst`` with the optimiser's floating-point state (Adam's moments, not
-    its step counts) in bfloat16; weights, random streams and the rest are unchanged. Returns {bytes_before,
-    bytes_after}. See the module docstring."""
-    src, dst = Path(src), Path(dst)
-    before = src.stat().st_size if src.exists() else 0
-    state = load_torch(src, "a readable checkpoint", "train the run first", "train the run again")
-    if not isinstance(state, dict) or "optimizer" not in state:
-        raise UserError(f"{src} is not a training checkpoint (ckpt/last.pt, with the optimiser state)")
-    for slot in state["optimizer"]["state"].values():
-        for key, value in slot.items():
-            if key != "step" and torch.is_tensor(value) and value.is_floating_point():
-                slot[key] = value.to(torch.bfloat16)
-    state["compact"] = COMPACT
-    save(dst, state)
-    return {"bytes_before": before, "bytes_after": dst.stat().st_size}
+def restore_generators(state: dict, path: Path, device: torch.device, *generators: tuple[str, torch.Generator]):
+    """Set each generator to its state in the checkpoint ``state`` (read from ``path``); refuse in one line when the
+    checkpoint's random streams come from another kind of device (see the module docstring)."""
+    saved_on = state.get("device") or _generator_kind(state[generators[0][0]])  # recorded in newer checkpoints
+    fix = f"resume it with --device {saved_on}, or delete {path.parent} to train the run from scratch here"
+    if saved_on != device.type:
+        raise UserError(f"{path} was saved on {saved_on}: its random streams cannot continue on {device.type}; {fix}")
+    try:
+        for key, gen in generators:
+            gen.set_state(state[key])
+    except RuntimeError as e:
+        raise UserError(f"{path} holds random streams that do not fit {device.type}'s generator "
+                        f"({str(e).splitlines()[0]}); {fix}") from None
 
 
-def config_differences(trained: dict, cfg: dict, here: str, most: int = 4) -> str:
-    """``key (value in the run, value <here>), ...`` for the first ``most`` keys where two configurations differ."""
-    from musicdecomp.config import flatten
-
-    keys, was, now = differing_keys(trained, cfg), flatten(trained), flatten(cfg)
-    shown = ", ".join(f"{k} ({was.get(k)!r} in the run, {now.get(k)!r} {here})" for k in keys[:most])
-    return shown + (", ..." if len(keys) > most else "")
+def _generator_kind(state: torch.Tensor) -> str:
+    """The kind of device whose generator made ``state``: the CPU's (a Mersenne Twister state) or CUDA's (a Philox
+    seed and offset)."""
+    return "cpu" if state.numel() == torch.Generator().get_state().numel() else "cuda"
 
 
-def differing_keys(a, b, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in sorted(set(a) | set(b))
-                for k in differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-def set_aside(run_dir: Path) -> Path:
-    """Move the run folder's training state (checkpoints, published results, logs) to ``stale/<time>/``."""
-    dest = run_dir / "stale" / time.strftime("%Y%m%d-%H%M%S")
-    n = 1
-    while dest.exists():
-        dest, n = dest.with_name(f"{dest.name.split('.')[0]}.{n}"), n + 1
-    dest.mkdir(parents=True)
-    for name in RUN_STATE:
-        if (run_dir / name).exists():
-            (run_dir / name).rename(dest / name)
-    return dest
-
-
-def save(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+def warn_if_gpu_sized(run_name: str, model: torch.nn.Module, steps_left: int, steps: int) -> None:
+    """The warning of a GPU-sized run that ``device: auto`` put on the CPU (see the module docstring)."""
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if steps_left * n >= GPU_SIZED:
+        log.warning("%s: device auto found no GPU, so it will train on the CPU: %d steps (of %d) of a %d-parameter "
+                    "model, a run sized for a GPU; run it where a GPU is, or pass --device cpu to train it here",
+                    run_name, steps_left, steps, n)
 
 
 def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Module, device: torch.device,
                  sample: Callable[[torch.Generator], object], loss: Callable[[object, torch.Generator], tuple],
                  validate: Callable[[], dict], tracking: dict | None = None, tags: dict | None = None,
                  stop_after: int | None = None, time_limit: float | None = None, speed: dict | None = None,
-                 data_id: str | None = None, code: dict[str, str] | None = None) -> dict:
+                 data_id: str | None = None, code: dict[str, str] | None = None,
+                 device_auto: bool = False) -> dict:
     """Train ``model`` (already on ``device``) for ``tc["steps"]`` steps; see the module docstring.
 
     ``cfg`` is the run's whole configuration (saved with it; a checkpoint made with another one, or of a finished
     run, is moved aside and training starts over, see the module docstring);
-    ``tc`` its training settings (lr, warmup_steps, cosine_steps, grad_clip, amp, log_every, eval_every,
+    ``tc`` its training settings (lr, warmup_steps, cosine_steps (None: constant), grad_clip, amp, log_every,
+    eval_every, optional optimizer (adam or adamw; default adam) and weight_decay (default 0),
     checkpoint_every, checkpoint_minutes, steps). ``data_id`` names the data the run trains on (the dataset's
-    ``source_id``); a checkpoint made on other data is not continued either. ``code`` (file -> hash, see
-    ``pipeline.Step.code_id``) is saved with each checkpoint; resuming with other code goes on, on record (see the
-    module docstring). ``stop_after`` ends the call after that many steps in all, as if killed right after a
+    ``source_id``); a checkpoint made on other data is not continued either. ``code`` (the step's code version and
+    module hashes, ``musicdecomp.pipeline.code_id``) is saved with each checkpoint; resuming with other code goes on,
+    on record (see the module docstring). ``stop_after`` ends the call after that many steps in all, as if killed right after a
     checkpoint (for tests); ``time_limit`` ends it at the first step after that many seconds of this call, with a
     checkpoint. Either way the call returns ``{"stopped_at": step}``. ``speed``: see the module docstring.
+    ``device_auto``: ``device`` was chosen by ``device: auto`` (a GPU-sized run on the CPU is then warned about).
+    A finished run whose publishing failed is published without training (see the module docstring).
     """
     run_dir = Path(run_dir)
     speed = check_speed(speed)
@@ -268,7 +237,9 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = speed["cudnn_benchmark"]
-    opt = torch.optim.Adam(model.parameters(), lr=tc["lr"], fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW if tc.get("optimizer") == "adamw" else torch.optim.Adam
+    opt = optimizer(model.parameters(), lr=tc["lr"], weight_decay=tc.get("weight_decay", 0.0),
+                    fused=device.type == "cuda")
     update = Update(model, opt, device, tc["amp"], tc["grad_clip"])
     data_gen = torch.Generator(device=device).manual_seed(cfg["seed"])
     noise_gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 1)
@@ -290,12 +261,16 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
         opt.load_state_dict(state["optimizer"])
         if state.get("scaler"):  # fp16's loss scale (absent before it existed, and for other precisions)
             update.scaler.load_state_dict(state["scaler"])
-        data_gen.set_state(state["data_gen"])
-        noise_gen.set_state(state["noise_gen"])
+        if state["step"] < tc["steps"]:  # a finished run only to publish draws nothing more
+            restore_generators(state, ckpt_path, device, ("data_gen", data_gen), ("noise_gen", noise_gen))
         torch.set_rng_state(state["torch_rng"])
         step, best, best_step = state["step"], state["best_score"], state["best_step"]
         run_id, elapsed = state.get("mlflow_run_id"), state.get("elapsed", 0.0)
-        log.info("resumed %s from step %d (best score %.4f at step %d)", cfg["run_name"], step, best, best_step)
+        if step >= tc["steps"]:
+            log.warning("%s finished training (step %d) but was not published: publishing it now, without training",
+                        cfg["run_name"], step)
+        else:
+            log.info("resumed %s from step %d (best score %.4f at step %d)", cfg["run_name"], step, best, best_step)
         code_changes = list(state.get("code_changes", []))
         if code is not None and state.get("code") is not None and state["code"] != code:
             files = differing_keys(state["code"], code)
@@ -317,6 +292,8 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
         elif best_step >= 0:  # e.g. only ckpt/last.pt was carried to another machine
             log.warning("%s is missing: model selection starts again at the next validation", best_path)
             best, best_step = float("-inf"), -1
+    if device_auto and device.type == "cpu":
+        warn_if_gpu_sized(cfg["run_name"], model, tc["steps"] - step, tc["steps"])
     tracker = Tracker(run_dir, tracking, cfg["run_name"], cfg, tags or {}, resume_step=step, mlflow_run_id=run_id)
     write_json(run_dir / "config.json", cfg)
     t_start = t_ckpt = time.perf_counter()
@@ -329,22 +306,29 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
+    saved = state  # the last checkpoint (marked published once the run is)
+
     def checkpoint() -> None:
+        nonlocal saved
         sync()
         t0 = time.perf_counter()
         wall = t0 - t_start
-        save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": cfg,
-                         "scaler": update.scaler.state_dict(),
-                         "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state(),
-                         "torch_rng": torch.get_rng_state(), "best_score": best, "best_step": best_step,
-                         "mlflow_run_id": tracker.run_id, "elapsed": elapsed + wall, "data_id": data_id,
-                         "code": code, "code_changes": code_changes, "compact_resumes": compact_resumes})
-        write_json(run_dir / "progress.json", {
+        check_finite(model, value, cfg["run_name"], step)
+        progress = {
             "run_name": cfg["run_name"], "step": step, "steps": tc["steps"], "best_val_score": best,
             "best_step": best_step, "device": device_name, "speed": speed, "wall_seconds": elapsed + wall,
             "steps_this_call": steps_here, "steps_per_second": steps_here / max(wall, 1e-9),
             "seconds_this_call": {"all": wall, **spent}, "code_changes": code_changes,
-            "compact_resumes": compact_resumes, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            "compact_resumes": compact_resumes, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        saved = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": cfg,
+                 "scaler": update.scaler.state_dict(), "device": device.type,
+                 "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state(),
+                 "torch_rng": torch.get_rng_state(), "best_score": best, "best_step": best_step,
+                 "mlflow_run_id": tracker.run_id, "elapsed": elapsed + wall, "data_id": data_id,
+                 "code": code, "code_changes": code_changes, "compact_resumes": compact_resumes,
+                 "published": False, "progress": progress}
+        save(ckpt_path, saved)
+        write_json(run_dir / "progress.json", progress)
         spent["checkpoints"] += time.perf_counter() - t0
 
     model.train()
@@ -375,6 +359,7 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
                 model.train()
                 tracker.log({f"val/{k}": float(v) for k, v in val.items()}, step)
                 if val["score"] > best:
+                    check_finite(model, value, cfg["run_name"], step)
                     best, best_step = val["score"], step
                     save(best_path, {"model": model.state_dict(), "config": cfg, "step": step,
                                      "val": {k: float(v) for k, v in val.items()}})
@@ -394,46 +379,41 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
                              "command to continue", cfg["run_name"], step, tc["steps"],
                              steps_here / (time.perf_counter() - t_start))
                 return {"stopped_at": step}
+        summary = publish(run_dir, cfg, model, tracker, saved, steps_here, t_start, spent,
+                          {"device": device_name, "speed": speed, "data_id": data_id, "code": code,
+                           "code_changes": code_changes, "compact_resumes": compact_resumes, "best": best,
+                           "best_step": best_step, "elapsed": elapsed})
     except BaseException:
         tracker.close("FAILED")
         raise
+    tracker.close("FINISHED")
+    # finished means published: a call that finds this mark trains the run again, one that does not publishes it
+    save(ckpt_path, {**saved, "published": True, "code": code, "code_changes": code_changes,
+                     "compact_resumes": compact_resumes})
+    return summary
+
+
+def publish(run_dir: Path, cfg: dict, model: torch.nn.Module, tracker: Tracker, last: dict, steps_here: int,
+            t_start: float, spent: dict, record: dict) -> dict:
+    """Publish a finished run: ``best.pt`` (from ``ckpt/best.pt``), ``curves.png``, the MLflow artifacts and
+    ``train.json`` (returned). ``last`` is its last checkpoint; a call that trained no step (the run was trained by
+    an earlier call whose publishing failed) reports that call's timings, which the checkpoint kept."""
+    best_path = run_dir / "ckpt" / "best.pt"
     if not best_path.exists():
         raise UserError(f"{best_path} is missing although training finished; delete {run_dir} and train again")
     copy_file(best_path, run_dir / "best.pt")
     wall = time.perf_counter() - t_start
-    summary = {"run_name": cfg["run_name"], "steps": step, "best_step": best_step, "best_val_score": best,
-               "device": device_name, "speed": speed, "wall_seconds": elapsed + wall,
-               "steps_per_second": steps_here / max(wall, 1e-9), "seconds_this_call": {"all": wall, **spent},
-               "parameters": sum(p.numel() for p in model.parameters()), "mlflow_run_id": tracker.run_id,
-               "code_changes": code_changes, "compact_resumes": compact_resumes, "data_id": data_id, "code": code}
+    timing = {"device": record["device"], "speed": record["speed"], "wall_seconds": record["elapsed"] + wall,
+              "steps_per_second": steps_here / max(wall, 1e-9), "seconds_this_call": {"all": wall, **spent}}
+    if steps_here == 0 and last.get("progress"):
+        timing = {k: last["progress"][k] for k in timing} | {"published_later": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    summary = {"run_name": cfg["run_name"], "steps": last["step"], "best_step": record["best_step"],
+               "best_val_score": record["best"],
+               **timing, "parameters": sum(p.numel() for p in model.parameters()), "mlflow_run_id": tracker.run_id,
+               "code_changes": record["code_changes"], "compact_resumes": record["compact_resumes"],
+               "data_id": record["data_id"], "code": record["code"]}
     plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", cfg["run_name"])
     tracker.artifact(run_dir / "curves.png")
     tracker.artifact(run_dir / "best.pt")
     write_json(run_dir / "train.json", summary)
-    tracker.close("FINISHED")
     return summary
-
-
-def plot_curves(metrics_jsonl: Path, out_png: Path, title: str) -> None:
-    """Training loss and every validation metric against steps."""
-    try:
-        import matplotlib
-    except ImportError:
-        return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line]
-    keys = ["train/loss"] + sorted({k for r in rows for k in r if k.startswith("val/") and k != "val/score"})
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None)
-        ax.set_title(key)
-        ax.set_xlabel("step")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)

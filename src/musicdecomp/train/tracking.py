@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from musicdecomp.io import atomic_path, ensure_parent, write_json
 from musicdecomp.logs import get_logger
 
 log = get_logger("tracking")
@@ -129,7 +130,6 @@ def ensure_experiment(uri: str, experiment: str, artifacts: str | Path | None = 
     folder."""
     import mlflow
 
-    from musicdecomp.io import ensure_parent
 
     db = sqlite_path(uri)
     if db is not None:
@@ -146,9 +146,32 @@ def ensure_experiment(uri: str, experiment: str, artifacts: str | Path | None = 
 def init_experiment(uri: str, experiment: str, artifacts: str | Path | None, out: str | Path) -> str:
     """Create the MLflow database and experiment once, before parallel training jobs (SQLite's schema
     creation is not safe under concurrent first use)."""
-    from musicdecomp.io import write_json
 
     exp_id = ensure_experiment(uri, experiment, artifacts)
     write_json(out, {"tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id})
     log.info("MLflow experiment %s (id %s) at %s", experiment, exp_id, uri)
     return exp_id
+
+def plot_curves(metrics_jsonl: Path, out_png: Path, title: str) -> None:
+    """Training loss and every validation metric against steps."""
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line]
+    keys = ["train/loss"] + sorted({k for r in rows for k in r if k.startswith("val/") and k != "val/score"})
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

@@ -8,11 +8,14 @@ latents (int16, 24x smaller) and decoded on the fly, which gives exactly the sam
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import torch
 
+from musicdecomp.io import load_torch
 
 ENCODEC_KMEANS = None
+MODEL_FILE = "model.pt"  # what the codec step writes: {state_dict, bandwidth, source, origin, sha256}
 
 
 def kmeans(samples: torch.Tensor, num_clusters: int, num_iters: int = 10):
@@ -74,3 +77,13 @@ def codes_to_latent(model, codes: torch.Tensor) -> torch.Tensor:
 def latent_to_audio(model, latent: torch.Tensor) -> torch.Tensor:
     """(B, 128, T') -> (B, T' * 320) audio."""
     return model.decoder(latent)[:, 0]
+
+
+def load_codec(path: str | Path):
+    """The codec written by the codec step (``musicdecomp.train.codec.prepare_codec``) (``results/codec/model.pt``), in eval mode, and its summary."""
+    payload = load_torch(path, "a codec written by the codec step",
+                         "run the codec step first (snakemake results/codec/model.pt)",
+                         "delete it and run the codec step again")
+    model = build_encodec(payload["bandwidth"])
+    model.load_state_dict(payload.pop("state_dict"))
+    return model.eval(), payload

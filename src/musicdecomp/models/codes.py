@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musicdecomp.codec.model import encode_codes
 from musicdecomp.data.stems import read_position
 from musicdecomp.errors import UserError
 from musicdecomp.io import atomic_path, load_torch, read_json
 from musicdecomp.logs import get_logger, progress
+from musicdecomp.models.encodec import codes_to_latent, encode_codes
 
 log = get_logger("latents")
 
@@ -83,3 +83,37 @@ def subset_codes(payload: dict, subset: str) -> dict[str, torch.Tensor]:
 
 def load_codes(path: str | Path) -> dict:
     return load_torch(path, "a codes file", "run the cache_codes step first", "rerun the cache_codes step")
+
+
+@torch.no_grad()
+def subset_latents(codec, codec_info: dict, codes_path: str | Path, subset: str, classes: list[str] | None = None,
+                   device: torch.device | str = "cpu", with_sources: bool = False, limit: int | None = None,
+                   batch: int = 64) -> dict[str, torch.Tensor]:
+    """The latents of ``subset`` in one cached split, on ``device``: ``mix`` (N, 128, T') and, ``with_sources``,
+    ``sources`` (N, n_classes, 128, T') in the subset's class order (its first ``limit`` chunks only).
+
+    Refuses codes cached with another codec than ``codec_info`` (the codec step's summary), a subset the codes
+    lack, and a subset whose classes are not ``classes`` (a run trained on other sources)."""
+    payload = load_codes(codes_path)
+    cached = payload.get("codec", {})
+    if payload["bandwidth"] != codec_info["bandwidth"] or cached.get("sha256") != codec_info["sha256"]:
+        raise UserError(f"{codes_path} was cached with another codec than results/codec/model.pt "
+                        f"(sha256 {str(cached.get('sha256'))[:12]} vs {codec_info['sha256'][:12]}); rerun the "
+                        f"cache_codes step")
+    codes = subset_codes(payload, subset)
+    members = payload["subsets"][subset]["classes"]
+    if classes is not None and list(classes) != list(members):
+        raise UserError(f"subset {subset!r} of {codes_path} has the classes {members}, not {list(classes)} as the "
+                        f"run expects (N = {len(classes)}); rerun the stems and codes steps, or train the run again")
+    n = len(codes["mix"]) if limit is None else min(limit, len(codes["mix"]))
+    if n == 0:
+        raise UserError(f"{codes_path} holds no chunk of subset {subset!r}; render more stems (stems.max_chorales)")
+
+    def decode(c: torch.Tensor) -> torch.Tensor:
+        return torch.cat([codes_to_latent(codec, c[i:i + batch].to(device)).float() for i in range(0, n, batch)])
+
+    codec = codec.to(device)
+    out = {"mix": decode(codes["mix"][:n])}
+    if with_sources:
+        out["sources"] = torch.stack([decode(codes[c][:n]) for c in members], dim=1)
+    return out

@@ -24,6 +24,30 @@ CHECKPOINT = "encodec_24khz-d7cc33bc.th"
 URL = f"https://dl.fbaipublicfiles.com/encodec/v0/{CHECKPOINT}"
 
 
+def checkpoint_name(url: str) -> str:
+    """The checkpoint's file name, from its URL; its sha256 prefix is the part after the last '-'."""
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    if "-" not in name:
+        raise UserError(f"codec.url {url} does not end in a checkpoint name like encodec_24khz-d7cc33bc.th, "
+                        f"whose last part is the sha256 prefix checked")
+    return name
+
+
+def resolve_source(codec: dict) -> str:
+    """``codec.source`` with ``auto`` replaced by what it means on this machine now: ``pretrained`` where the
+    weights are here (``codec.weights``, else the torch hub cache), else ``trained``. A ``codec.weights`` path that
+    does not exist is an error, not a silent fallback to training a codec."""
+    if codec["source"] != "auto":
+        return codec["source"]
+    if codec["weights"]:
+        path = Path(codec["weights"]).expanduser()
+        if not path.is_file():
+            raise UserError(f"codec.weights: {path} does not exist; fix the path, or set codec.weights to null "
+                            f"(codec.source auto then uses the torch hub cache, else trains a codec on the stems)")
+        return "pretrained"
+    return "pretrained" if (hub_checkpoint_dir() / checkpoint_name(codec["url"])).is_file() else "trained"
+
+
 def checksum_prefix(name: str = CHECKPOINT) -> str:
     return name.rsplit("-", 1)[1].split(".")[0]
 
@@ -64,9 +88,9 @@ def missing_message(checkpoint: str = CHECKPOINT, url: str = URL) -> str:
 
 def load_pretrained(path: Path, bandwidth: float = 24.0):
     """The EnCodec 24 kHz model with the verified weights at ``path``, set to ``bandwidth`` kbps, in eval mode."""
-    import torch
+    import torch  # lazy, as the model: finding weights (the pipeline's parameter resolution) needs neither
 
-    from musicdecomp.codec.model import build_encodec
+    from musicdecomp.models.encodec import build_encodec
 
     model = build_encodec(bandwidth)
     try:

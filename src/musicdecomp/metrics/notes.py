@@ -8,6 +8,13 @@
 
 Unmatched slots (K > number of notes) are ignored. Matching uses the ground truth, as the official code does.
 
+With fewer slots than notes (K < V), the notes left without a slot are missed, not dropped: each scores IoU 0 and
+its MSE against silence, i.e. an empty slot, which sits at the slots' shared floor (the loudest slot's max -
+top_db, at least 10*log10(amin); ``silence_db``). The matrices are padded with V - K such silent slots before
+matching, so the notes missed are the ones whose miss costs least, and the averages run over all V notes. (The
+official code matches K of the notes and averages over the notes it matched, so two perfect slots on a three-note
+chord would score MSE 0 and IoU 1.) With K >= V nothing changes.
+
 A perfect decomposition does not score note MSE 0: each note's ground truth floors at its own max - 80 dB, but
 the slots of an example share one floor (the loudest slot's max - 80 dB), so a quiet note's quietest pixels
 differ. ``oracle_slot_db`` gives the ground-truth notes as slots, whose scores are that floor.
@@ -34,13 +41,29 @@ def cost_matrices(notes_db: torch.Tensor, slot_db: torch.Tensor, mask_db: float)
     return mse, iou
 
 
-def note_metrics(notes_db: torch.Tensor, slot_db: torch.Tensor, n_notes: torch.Tensor, mask_db: float = -30.0):
-    """Per-example note MSE and IoU, the MSE matching (slot index per note, -1 for padding) and each note's
-    error under it.
+def silence_db(slot_db: torch.Tensor, amin: float = 1e-10, top_db: float | None = 80.0) -> torch.Tensor:
+    """Slots (B, K, F, T) dB -> (B,): the dB of an empty slot of each example, the slots' shared floor (the loudest
+    slot's max - ``top_db``, at least 10*log10(``amin``)), as ``power_to_db`` gives a silent slot."""
+    floor = torch.full(slot_db.shape[:1], 10.0 * np.log10(amin), device=slot_db.device)
+    if top_db is None:
+        return floor
+    return torch.maximum(slot_db.float().amax(dim=(1, 2, 3)) - top_db, floor)
+
+
+def note_metrics(notes_db: torch.Tensor, slot_db: torch.Tensor, n_notes: torch.Tensor, mask_db: float = -30.0,
+                 amin: float = 1e-10, top_db: float | None = 80.0):
+    """Per-example note MSE and IoU, the MSE matching (slot index per note, -1 for padding and for a note missed
+    because there are fewer slots than notes) and each note's error under it (a missed note's against silence, see
+    the module docstring; ``amin`` and ``top_db`` are the slots' dB conversion).
 
     Returns dict of numpy arrays: mse (B,), iou (B,), match (B, V), note_mse (B, V; NaN for padding).
     """
     mse, iou = cost_matrices(notes_db, slot_db, mask_db)
+    k = slot_db.shape[1]
+    silent = None
+    if int(n_notes.max()) > k:  # some notes must go without a slot: their error against an empty slot
+        silent = ((notes_db.float() - silence_db(slot_db, amin, top_db)[:, None, None, None]) ** 2).mean(dim=(-2, -1))
+        silent = silent.cpu().numpy()
     mse, iou, n_notes = mse.cpu().numpy(), iou.cpu().numpy(), n_notes.cpu().numpy()
     b, v, _ = mse.shape
     out_mse, out_iou = np.zeros(b), np.zeros(b)
@@ -48,12 +71,16 @@ def note_metrics(notes_db: torch.Tensor, slot_db: torch.Tensor, n_notes: torch.T
     per_note = np.full((b, v), np.nan, dtype=mse.dtype)
     for i in range(b):
         n = int(n_notes[i])
-        r, c = linear_sum_assignment(mse[i, :n])
-        per_note[i, r] = mse[i, :n][r, c]
+        cost, overlap = mse[i, :n], iou[i, :n]
+        if n > k:  # n - k silent slots (columns k...)
+            cost = np.concatenate([cost, np.repeat(silent[i, :n, None], n - k, axis=1)], axis=1)
+            overlap = np.concatenate([overlap, np.zeros((n, n - k), dtype=overlap.dtype)], axis=1)
+        r, c = linear_sum_assignment(cost)
+        per_note[i, r] = cost[r, c]
         out_mse[i] = per_note[i, r].mean()
-        match[i, r] = c
-        r, c = linear_sum_assignment(iou[i, :n], maximize=True)
-        out_iou[i] = iou[i, :n][r, c].mean()
+        match[i, r] = np.where(c < k, c, -1)
+        r, c = linear_sum_assignment(overlap, maximize=True)
+        out_iou[i] = overlap[r, c].mean()
     return {"mse": out_mse, "iou": out_iou, "match": match, "note_mse": per_note}
 
 

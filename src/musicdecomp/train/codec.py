@@ -1,7 +1,20 @@
-"""The offline alternative to the pretrained weights: train the EnCodec 24 kHz architecture on the rendered
-stems (waveform L1 + multi-scale mel L1 + the RVQ commitment penalty; no adversarial losses), with the shared
-resumable loop (GPU when present). Random crops of the training renders (each stem and the full mix),
-validation by the MS-STFT distance on fixed crops of the validation split.
+"""The ``codec`` step, which makes the codec available as ``results/codec/model.pt``, and the offline way to get one.
+
+``codec.source`` (resolved before the step runs, ``musicdecomp.models.encodec_weights.resolve_source``):
+
+* ``pretrained``: the published EnCodec 24 kHz weights (``codec.weights``, else the torch hub cache, else a
+  download; see musicdecomp.models.encodec_weights);
+* ``trained``: the offline alternative, the same architecture trained on the rendered stems (``train_codec``:
+  waveform L1 + multi-scale mel L1 + the RVQ commitment penalty, no adversarial losses, with the shared resumable
+  loop; random crops of the training renders, each stem and the full mix; validation by the MS-STFT distance on
+  fixed crops of the validation split);
+* ``auto`` (default): ``pretrained`` where the weights are already on this machine, else ``trained``. The choice is
+  part of the step's slice, so Snakemake reruns the codec step (and everything downstream) when it changes. DVC
+  tracks parameter keys, not files outside the repository: after adding the weights, run ``dvc repro -f codec``.
+
+Either way the step writes the same two files: ``model.pt`` ({state_dict, bandwidth, source, origin, sha256})
+and ``codec.json`` (a summary), so everything downstream loads the codec with
+``musicdecomp.models.encodec.load_codec`` and never asks where it came from.
 """
 
 from __future__ import annotations
@@ -12,12 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musicdecomp.codec.model import build_encodec
+from musicdecomp.device import pick_device
 from musicdecomp.errors import UserError
-from musicdecomp.eval.msstft import ms_stft_distance
-from musicdecomp.io import read_json
-from musicdecomp.pipeline import STEPS
-from musicdecomp.train.loop import pick_device, run_training
+from musicdecomp.io import atomic_path, read_json, sha256_of, write_json
+from musicdecomp.logs import get_logger
+from musicdecomp.metrics.msstft import ms_stft_distance
+from musicdecomp.models.encodec import MODEL_FILE, build_encodec
+from musicdecomp.models.encodec_weights import checkpoint_name, find_weights, load_pretrained
+from musicdecomp.train.checkpoints import load_best
+from musicdecomp.train.loop import run_training
+
+log = get_logger("codec")
 
 
 def multiscale_mel_loss(x: torch.Tensor, y: torch.Tensor, sample_rate: int = 24000,
@@ -78,7 +96,7 @@ def init_codebooks(model, sampler: CropSampler, n: int, seed: int, device: torch
 
 def train_codec(cfg: dict, stems_dir: str | Path, run_dir: str | Path, device: str = "auto",
                 tracking: dict | None = None, stop_after: int | None = None,
-                time_limit: float | None = None) -> dict:
+                time_limit: float | None = None, code: dict | None = None) -> dict:
     """``cfg``: {run_name, seed, bandwidth, crop_seconds, sample_rate, loss weights l1/mel/commit, train}."""
     tc = cfg["train"]
     dev = pick_device(device)
@@ -111,7 +129,7 @@ def train_codec(cfg: dict, stems_dir: str | Path, run_dir: str | Path, device: s
 
     return run_training(cfg, tc, run_dir, model, dev, sample, loss, validate, tracking,
                         {"model": "codec", "seed": str(cfg["seed"])}, stop_after, time_limit,
-                        data_id=stems_data_id(stems_dir), code=STEPS["codec"].code_id())
+                        data_id=stems_data_id(stems_dir), code=code, device_auto=device == "auto")
 
 
 def stems_data_id(stems_dir: str | Path) -> str:
@@ -122,3 +140,37 @@ def stems_data_id(stems_dir: str | Path) -> str:
         path = Path(stems_dir) / name
         h.update(name.encode() + (path.read_bytes() if path.exists() else b"-"))
     return h.hexdigest()[:16]
+
+def prepare_codec(cfg: dict, stems_dir: str | Path, out_dir: str | Path, device: str = "auto",
+                  tracking: dict | None = None, time_limit: float | None = None, code: dict | None = None) -> dict:
+    """Find (pretrained) or train (trained, resumable in ``<out_dir>/trained``) the codec; write
+    ``<out_dir>/model.pt`` and ``<out_dir>/codec.json``. Training that stops at ``time_limit`` (seconds) writes
+    neither and returns ``{"stopped_at": step}``."""
+    out_dir = Path(out_dir)
+    if cfg["source"] == "pretrained":
+        origin = find_weights(cfg["weights"], checkpoint=checkpoint_name(cfg["url"]), url=cfg["url"])
+        model = load_pretrained(origin, cfg["bandwidth"])
+        extra: dict = {}
+    elif cfg["source"] == "trained":
+        run_dir = out_dir / "trained"
+        summary = train_codec(cfg["trained"], stems_dir, run_dir, device=device, tracking=tracking,
+                              time_limit=time_limit, code=code)
+        if "stopped_at" in summary:
+            return summary
+        model = build_encodec(cfg["bandwidth"])
+        model.load_state_dict(load_best(run_dir)["model"])
+        origin = run_dir / "best.pt"
+        extra = {"training": {k: summary[k] for k in ("steps", "best_step", "best_val_score", "device",
+                                                      "wall_seconds")}}
+    else:
+        raise UserError(f"codec.source {cfg['source']!r} is not pretrained or trained (auto is resolved before)")
+    info = {"source": cfg["source"], "origin": str(origin), "sha256": sha256_of(origin),
+            "bandwidth": cfg["bandwidth"], "n_q": model.quantizer.get_num_quantizers_for_bandwidth(
+                model.frame_rate, cfg["bandwidth"]), "frame_rate": model.frame_rate,
+            "sample_rate": model.sample_rate, "parameters": sum(p.numel() for p in model.parameters()), **extra}
+    with atomic_path(out_dir / MODEL_FILE) as tmp:
+        torch.save({"state_dict": model.state_dict(), **info}, tmp)
+    write_json(out_dir / "codec.json", info)
+    log.info("codec: %s (%s), %g kbps, %d codebooks", info["source"], origin, info["bandwidth"], info["n_q"])
+    return info
+

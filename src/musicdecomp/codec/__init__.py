@@ -1,1 +1,0 @@
-"""Neural audio codec (EnCodec 24 kHz): weights, codes and latents."""

@@ -1,0 +1,1 @@
+"""Pure metric functions, used by training (validation) and by evaluation."""
