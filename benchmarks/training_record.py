@@ -1,5 +1,5 @@
 """Record MusicSlots training runs made on a GPU (run folders brought back by
-workflow/scripts/musicslots_gpu.py unpack): steps reached, throughput, validation curve and test metrics per run,
+tools/gpu/driver.py unpack): steps reached, throughput, validation curve and test metrics per run,
 as ``musicslots_training_<device>.json`` and a figure of the validation curves, ``.png``, beside this script
 (``--prefix`` names another record, e.g. a run continued on a second GPU kind, so that the earlier one stays).
 

@@ -1,4 +1,4 @@
-"""workflow/scripts/musicslots_gpu.py, the driver of time-boxed MusicSlots runs on a bare GPU machine, run
+"""tools/gpu/driver.py, the driver of time-boxed MusicSlots runs on a bare GPU machine, run
 end to end on CPU with the tiny parameters: stage, rebuild the dataset, benchmark, train until the time limit,
 evaluate, pack (split into parts), bring back, and continue on a "fresh machine" from the checkpoint."""
 
@@ -22,7 +22,7 @@ from musicdecomp.train.checkpoints import COMPACT, read_best
 from musicdecomp.train.loop import SPEED_OPTIONS
 from musicdecomp.train.musicslots import train_musicslots
 
-SCRIPT = REPO / "workflow/scripts/musicslots_gpu.py"
+SCRIPT = REPO / "tools/gpu/driver.py"
 _spec = importlib.util.spec_from_file_location("musicslots_gpu", SCRIPT)
 gpu = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gpu)
@@ -30,9 +30,9 @@ VARIANTS = ["none-t2-imp_true-k3", "softmax-t2-imp_true-k3"]
 
 
 def device_like_env() -> dict[str, str]:
-    """tool_env() without the packages the GPU machine lacks (tests/device_like/sitecustomize.py)."""
+    """tool_env() without the packages the GPU machine lacks (tools/gpu/device_like/sitecustomize.py)."""
     env = tool_env()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests/device_like"), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tools/gpu/device_like"), env.get("PYTHONPATH")]))
     return env
 
 
@@ -134,7 +134,7 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
     assert log.index(f"training {a}") < log.index(f"{a}: exit 75") < log.index(f"training {b}") < log.index(
         f"{b}: exit 75")
     for variant in VARIANTS:
-        assert summary["runs"][variant]["progress"]["speed"] == {"channels_last": True, "cudnn_benchmark": False}
+        assert summary["runs"][variant]["progress"]["speed"] == {"channels_last": True, "cudnn_benchmark": False, "compile": False}
         assert f"{variant}: continuing from the staged checkpoint at step {stopped_at[variant]}" in log
         assert summary["runs"][variant]["progress"]["step"] > stopped_at[variant]
         with tarfile.open(out2 / f"{variant}.tar") as tar:  # small enough to stay whole; no last.pt asked for

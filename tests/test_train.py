@@ -227,14 +227,14 @@ def test_channels_last_trains_the_same_model_and_can_switch_between_calls(tiny_r
     data = tiny_run / "results/data/jsb_multi"
     cfg = tiny_cfg(tiny_params, "softmax-t1-imp_true-k3", log_every=1)
     train_musicslots(cfg, data, tmp_path / "nchw", device="cpu", threads=1)
-    fast = {"channels_last": True, "cudnn_benchmark": True}  # cuDNN's option is ignored on CPU
+    fast = {"channels_last": True, "cudnn_benchmark": True, "compile": True}  # cuDNN's option is ignored on CPU
     stopped = train_musicslots(cfg, data, tmp_path / "nhwc", device="cpu", threads=1, stop_after=2, speed=fast)
     assert stopped == {"stopped_at": 2}
     assert json.loads((tmp_path / "nhwc/progress.json").read_text())["speed"] == fast
     weight = torch.load(tmp_path / "nhwc/ckpt/last.pt", weights_only=True)["model"]["encoder.convs.1.weight"]
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
-    summary = train_musicslots(cfg, data, tmp_path / "nhwc", device="cpu", threads=1)  # resumed in NCHW
-    assert summary["speed"] == {"channels_last": False, "cudnn_benchmark": False}
+    summary = train_musicslots(cfg, data, tmp_path / "nhwc", device="cpu", threads=1)  # resumed in NCHW, eager
+    assert summary["speed"] == {"channels_last": False, "cudnn_benchmark": False, "compile": False}
 
     def losses(run):
         rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
@@ -558,12 +558,12 @@ def test_speed_options_from_flags_and_environment(monkeypatch):
     base = ["train-baseline", "--dataset", "jsb_multi", "--variant", "cnn", "--seed", "0", "--data-dir", "d",
             "--run-dir", "r"]
     monkeypatch.delenv("MUSICDECOMP_SPEED", raising=False)
-    assert _speed(build_parser().parse_args(base)) == {"channels_last": False, "cudnn_benchmark": False}
-    assert _speed(build_parser().parse_args(base + ["--cudnn-benchmark"])) == {"channels_last": False,
-                                                                             "cudnn_benchmark": True}
-    monkeypatch.setenv("MUSICDECOMP_SPEED", " channels_last ")
+    off = {"channels_last": False, "cudnn_benchmark": False, "compile": False}
+    assert _speed(build_parser().parse_args(base)) == off
+    assert _speed(build_parser().parse_args(base + ["--cudnn-benchmark"])) == {**off, "cudnn_benchmark": True}
+    monkeypatch.setenv("MUSICDECOMP_SPEED", " channels_last,compile ")
     assert _speed(build_parser().parse_args(base + ["--cudnn-benchmark"])) == {"channels_last": True,
-                                                                             "cudnn_benchmark": True}
-    monkeypatch.setenv("MUSICDECOMP_SPEED", "channels_last,compile")
-    with pytest.raises(UserError, match=r"\$MUSICDECOMP_SPEED names unknown speed options \['compile'\]"):
+                                                                             "cudnn_benchmark": True, "compile": True}
+    monkeypatch.setenv("MUSICDECOMP_SPEED", "channels_last,fused")
+    with pytest.raises(UserError, match=r"\$MUSICDECOMP_SPEED names unknown speed options \['fused'\]"):
         _speed(build_parser().parse_args(base))

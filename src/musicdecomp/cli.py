@@ -415,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "$MUSICDECOMP_SPEED=channels_last,cudnn_benchmark sets both)")
         sp.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN time its algorithms for the training shapes once (CUDA)")
+        sp.add_argument("--compile", action="store_true",
+                        help="compile the model with torch.compile (same results up to rounding; compiling takes a "
+                             "while at the first steps)")
         add_time_limit(sp)
         add_tracking(sp)
 
@@ -454,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, help="CPU threads for torch (CPU runs)")
     sp.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
     sp.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms once (CUDA)")
+    sp.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
     add_time_limit(sp)
     add_tracking(sp)
     sp = add("eval-composable", cmd_eval_composable, "separate and reconstruct the test chunks with a trained run")

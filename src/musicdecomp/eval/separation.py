@@ -30,7 +30,6 @@ import torch
 from musicdecomp.data.stems import read_position
 from musicdecomp.device import pick_device
 from musicdecomp.errors import UserError
-from musicdecomp.eval.separators import oracle_irm, separate
 from musicdecomp.io import atomic_dir, atomic_path, read_json, write_json
 from musicdecomp.logs import get_logger, progress
 from musicdecomp.metrics.msstft import ms_stft_distance
@@ -222,6 +221,8 @@ def evaluate_composable(cfg: dict, run_dir: str | Path, codec_path: str | Path, 
 
 def _baseline_chunk(args) -> dict:
     """All baseline methods on one chunk (a worker process): {method: estimates (N, samples)}."""
+    from musicdecomp.eval.separators import oracle_irm, separate  # librosa and scikit-learn: the baselines' alone
+
     stems, mixture, methods, sample_rate, settings = args
     n = len(stems)
     out = {}

@@ -8,6 +8,7 @@ one subset in the order of the index's chunk list; ``codes_to_latent`` turns the
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -85,12 +86,54 @@ def load_codes(path: str | Path) -> dict:
     return load_torch(path, "a codes file", "run the cache_codes step first", "rerun the cache_codes step")
 
 
+CODEBOOKS = "codebooks"  # the key of a codebooks file: the quantizer's vectors alone, to decode codes without encodec
+
+
+def codebooks_of(codec) -> torch.Tensor:
+    """(n_q, bins, dim) the codec quantizer's codebook vectors at its bandwidth (EnCodec's project_out is the
+    identity for the 24 kHz model: a latent is the sum of one vector per codebook)."""
+    layers = codec.quantizer.vq.layers[: codec.quantizer.get_num_quantizers_for_bandwidth(codec.frame_rate,
+                                                                                          codec.bandwidth)]
+    if any(not isinstance(layer.project_out, torch.nn.Identity) for layer in layers):
+        raise UserError("this codec projects its codebook vectors: decode its codes with the codec itself")
+    return torch.stack([layer._codebook.embed.detach().float().cpu() for layer in layers])
+
+
+def latents_from_codebooks(codebooks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """(B, n_q, T') codes -> (B, dim, T') latents: the sum over codebooks of each code's vector (what the codec's
+    quantizer decodes, without the codec)."""
+    n_q = codes.shape[1]
+    picked = codebooks[torch.arange(n_q, device=codes.device)[None, :, None], codes.long()]  # (B, n_q, T', dim)
+    return picked.sum(dim=1).transpose(1, 2)
+
+
+def write_codebooks(codec, codec_info: dict, out: str | Path) -> None:
+    """A codebooks file: the quantizer's vectors and the codec's summary (what codes decoded with it need)."""
+    with atomic_path(out) as tmp:
+        torch.save({CODEBOOKS: codebooks_of(codec), **codec_info}, tmp)
+
+
+def latent_decoder(path: str | Path):
+    """(codes -> latents, the codec's summary) from the codec step's model.pt (needs encodec) or a codebooks file
+    (``write_codebooks``; decodes with torch alone, e.g. on a GPU machine without encodec)."""
+    payload = load_torch(path, "a codec (model.pt) or codebooks file", "run the codec step first",
+                         "run the codec step again")
+    if CODEBOOKS in payload:
+        books = payload.pop(CODEBOOKS)
+        return (lambda c: latents_from_codebooks(books.to(c.device), c)), payload
+    from musicdecomp.models.encodec import load_codec
+
+    codec, info = load_codec(path)
+    return (lambda c: codes_to_latent(codec.to(c.device), c)), info
+
+
 @torch.no_grad()
 def subset_latents(codec, codec_info: dict, codes_path: str | Path, subset: str, classes: list[str] | None = None,
                    device: torch.device | str = "cpu", with_sources: bool = False, limit: int | None = None,
                    batch: int = 64) -> dict[str, torch.Tensor]:
     """The latents of ``subset`` in one cached split, on ``device``: ``mix`` (N, 128, T') and, ``with_sources``,
-    ``sources`` (N, n_classes, 128, T') in the subset's class order (its first ``limit`` chunks only).
+    ``sources`` (N, n_classes, 128, T') in the subset's class order (its first ``limit`` chunks only). ``codec``: the
+    codec model, or a function from codes to latents (``latent_decoder``).
 
     Refuses codes cached with another codec than ``codec_info`` (the codec step's summary), a subset the codes
     lack, and a subset whose classes are not ``classes`` (a run trained on other sources)."""
@@ -109,11 +152,26 @@ def subset_latents(codec, codec_info: dict, codes_path: str | Path, subset: str,
     if n == 0:
         raise UserError(f"{codes_path} holds no chunk of subset {subset!r}; render more stems (stems.max_chorales)")
 
-    def decode(c: torch.Tensor) -> torch.Tensor:
-        return torch.cat([codes_to_latent(codec, c[i:i + batch].to(device)).float() for i in range(0, n, batch)])
+    to_latent = codec if callable(codec) and not isinstance(codec, torch.nn.Module) else (
+        lambda c: codes_to_latent(codec.to(device), c))
 
-    codec = codec.to(device)
+    def decode(c: torch.Tensor) -> torch.Tensor:
+        return torch.cat([to_latent(c[i:i + batch].to(device)).float() for i in range(0, n, batch)])
+
     out = {"mix": decode(codes["mix"][:n])}
     if with_sources:
         out["sources"] = torch.stack([decode(codes[c][:n]) for c in members], dim=1)
     return out
+
+
+def codes_data_id(codes_dir: str | Path, subset: str) -> str:
+    """What a run trains on: a short hash of the subset's train and valid codes (each class's and the mixture's, in
+    order) and of the codec that made them; a codes file reduced to the subset (as staged for a GPU machine) gives
+    the same id."""
+    h = hashlib.sha256(subset.encode())
+    for split in ("train", "valid"):
+        payload = load_codes(Path(codes_dir) / f"{split}.pt")
+        h.update(str(payload.get("codec", {}).get("sha256")).encode())
+        for name, codes in subset_codes(payload, subset).items():
+            h.update(name.encode() + codes.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -38,7 +38,8 @@ from typing import Callable
 from musicdecomp.errors import UserError
 from musicdecomp.io import atomic_dir, copy_file, load_torch, read_json, write_json
 from musicdecomp.logs import get_logger
-from musicdecomp.sweep import baseline_dir, probe_runs, probe_train_config, run_dir
+from musicdecomp.models.codes import codes_data_id
+from musicdecomp.sweep import baseline_dir, composable_dir, probe_runs, probe_train_config, run_dir
 from musicdecomp.train.checkpoints import RUN_STATE, config_differences, differing_keys, load_checkpoint, set_aside
 from musicdecomp.train.ingest import ingest_run
 
@@ -64,8 +65,8 @@ def check_run(src: Path, cfg: dict, data_id: str | None, trust_data: bool, fix: 
         raise UserError(f"{src} was trained with other parameters than the pipeline gives this run: "
                         f"{config_differences(run_cfg, cfg, 'here')}; {fix}")
     summary = read_json(src / "train.json", "the run has not finished: continue it until it does (e.g. "
-                                            "musicslots_gpu.py run), then adopt it")
-    if summary.get("steps") != cfg["train"]["steps"]:
+                                            "tools/gpu/driver.py run), then adopt it")
+    if "steps" in cfg["train"] and summary.get("steps") != cfg["train"]["steps"]:  # (epochs: the data decide)
         raise UserError(f"{src / 'train.json'} records {summary.get('steps')} steps, not the {cfg['train']['steps']} "
                         f"of its configuration: adopt a finished run")
     best = load_checkpoint(src / "best.pt", "a finished run has its best model there; bring it back with the run")
@@ -94,28 +95,36 @@ def stage_adoption(src: str | Path, params: dict, step_config: Callable, root: s
     src, root = Path(src), Path(root)
     if not src.is_dir():
         raise UserError(f"{src} is not a folder: give a finished run folder (config.json, train.json, best.pt), "
-                        f"e.g. one that musicslots_gpu.py unpack wrote")
+                        f"e.g. one that tools/gpu/driver.py unpack wrote")
     run_cfg = read_json(src / "config.json", "give a finished run folder (config.json, train.json, best.pt)")
-    if not isinstance(run_cfg, dict) or not {"dataset", "seed"} <= set(run_cfg) or not (
-            ("variant" in run_cfg) ^ ("baseline" in run_cfg)):
-        raise UserError(f"{src / 'config.json'} is not the configuration of a MusicSlots or baseline run (dataset, "
-                        f"seed, and variant or baseline)")
-    dataset, seed = run_cfg["dataset"], int(run_cfg["seed"])
-    if "variant" in run_cfg:
+    composable = isinstance(run_cfg, dict) and {"subset", "variant", "seed"} <= set(run_cfg)
+    if not composable and (not isinstance(run_cfg, dict) or not {"dataset", "seed"} <= set(run_cfg) or not (
+            ("variant" in run_cfg) ^ ("baseline" in run_cfg))):
+        raise UserError(f"{src / 'config.json'} is not the configuration of a MusicSlots, baseline or composable run "
+                        f"(dataset or subset, seed, and variant or baseline)")
+    dataset, seed = run_cfg["subset" if composable else "dataset"], int(run_cfg["seed"])
+    if composable:
+        step, name, dst = "train_composable", run_cfg["variant"], composable_dir(dataset, run_cfg["variant"], seed)
+        targets = [f"{dst}/separation.json"]
+    elif "variant" in run_cfg:
         step, name, dst = "train_musicslots", run_cfg["variant"], run_dir(dataset, run_cfg["variant"], seed)
         targets = [f"{dst}/test.json"] + ([f"{dst}/probe.json"] if (dataset, name, seed) in probe_runs(params) else [])
     else:
         step, name, dst = "train_baseline", run_cfg["baseline"], baseline_dir(dataset, run_cfg["baseline"], seed)
         targets = [f"{dst}/probe.json"]
     cfg = step_config(params, step, dataset, name, seed)
-    summary_path = root / "results/data" / dataset / "summary.json"
-    data_id = read_json(summary_path, "build the data again").get("source_id") if summary_path.is_file() else None
+    if composable:  # the subset's cached codes, as train_composable names them
+        codes = root / "results/codec/codes"
+        data_id = codes_data_id(codes, dataset) if (codes / "valid.pt").is_file() else None
+    else:
+        summary_path = root / "results/data" / dataset / "summary.json"
+        data_id = read_json(summary_path, "build the data again").get("source_id") if summary_path.is_file() else None
     check_run(src, cfg, data_id, trust_data, "adopt it with the parameter files it was trained with (--params "
                                              "params.yaml <override.yaml>, and the same --configfile for Snakemake), "
                                              "or train it here")
-    probe_cfg = probe_train_config(cfg, step_config(params, "probe"))
     probe_ok = False
-    if (src / "probe").is_dir():
+    if not composable and (src / "probe").is_dir():
+        probe_cfg = probe_train_config(cfg, step_config(params, "probe"))
         try:
             check_run(src / "probe", probe_cfg, None, True, "the probe step trains it again")
             probe_ok = True

@@ -5,7 +5,8 @@ encoders split the mixture latent into z_1..z_N and whose shared U-Net, run once
 trained with IADB against the mixture latent; or ``supervised``: the same U-Net generating each true stem's
 latent from the mixture latent and the stem's index (the supervised reference point of the separation table).
 
-The data are the split's cached codes decoded once into latents on the device (``models.codes.subset_latents``),
+The data are the split's cached codes decoded once into latents on the device (``models.codes.subset_latents``;
+the codec is the codec step's ``model.pt``, or a codebooks file of its quantizer, which needs no encodec),
 standardised as ``model.latent_norm`` says with statistics of the training split (written to
 ``latent_stats.json`` in the run folder), cropped to ``crop_frames`` at one random offset per batch, as the
 released code. ``train.epochs`` sets the steps: epochs x (training chunks // batch size). The loop (AdamW,
@@ -15,7 +16,6 @@ the best model is selected by the IADB loss on fixed validation chunks, noise le
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -24,23 +24,13 @@ from musicdecomp.device import autocast, pick_device
 from musicdecomp.errors import UserError
 from musicdecomp.io import write_json
 from musicdecomp.logs import get_logger
-from musicdecomp.models.codes import subset_latents
+from musicdecomp.models.codes import codes_data_id, latent_decoder, subset_latents
 from musicdecomp.models.composable import SUPERVISED, build_model
-from musicdecomp.models.encodec import load_codec
 from musicdecomp.models.iadb import iadb_loss
 from musicdecomp.train.loop import run_training
 
 log = get_logger("composable")
 VALID_SEED = 12345  # the validation noise levels and noise: the same at every validation and in every run
-
-
-def codes_data_id(codes_dir: str | Path, subset: str) -> str:
-    """What a run trains on: a short hash of the train and valid codes files (written from the stems and the codec
-    alone, so equal data make equal files) and the subset."""
-    h = hashlib.sha256(subset.encode())
-    for split in ("train", "valid"):
-        h.update((Path(codes_dir) / f"{split}.pt").read_bytes())
-    return h.hexdigest()[:16]
 
 
 def crop(latents: torch.Tensor, offset: torch.Tensor, frames: int) -> torch.Tensor:
@@ -73,13 +63,13 @@ def train_composable(cfg: dict, codec_path: str | Path, codes_dir: str | Path, r
     if threads and dev.type == "cpu":
         torch.set_num_threads(threads)
     torch.manual_seed(cfg["seed"])
-    codec, info = load_codec(codec_path)
+    decode, info = latent_decoder(codec_path)
     supervised = cfg["variant"] == SUPERVISED
     codes_dir = Path(codes_dir)
-    train = subset_latents(codec, info, codes_dir / "train.pt", cfg["subset"], cfg["classes"], dev, supervised)
-    valid = subset_latents(codec, info, codes_dir / "valid.pt", cfg["subset"], cfg["classes"], dev, supervised,
+    train = subset_latents(decode, info, codes_dir / "train.pt", cfg["subset"], cfg["classes"], dev, supervised)
+    valid = subset_latents(decode, info, codes_dir / "valid.pt", cfg["subset"], cfg["classes"], dev, supervised,
                            limit=tc["val_examples"])
-    del codec
+    del decode
     frames, n = train["mix"].shape[-1], len(train["mix"])
     if frames < mc["crop_frames"]:
         raise UserError(f"composable.model.crop_frames = {mc['crop_frames']} exceeds the {frames} frames of a cached "

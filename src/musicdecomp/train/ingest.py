@@ -1,4 +1,4 @@
-"""Log a run trained without MLflow (a bare GPU machine, ``workflow/scripts/musicslots_gpu.py``) into the
+"""Log a run trained without MLflow (a bare GPU machine, ``tools/gpu/driver.py``) into the
 project's MLflow experiment after the fact, from its run folder: the resolved config as params, every line of
 ``metrics.jsonl`` at its step, the test metrics, and the best checkpoint, curves, test figure and logs as artifacts.
 
@@ -63,7 +63,7 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
     ``tags`` added to its own. Returns the new run's id."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is not a folder: give a run folder (e.g. one that musicslots_gpu.py unpack "
+        raise UserError(f"{run_dir} is not a folder: give a run folder (e.g. one that tools/gpu/driver.py unpack "
                         f"wrote)")
     cfg = read_json(run_dir / "config.json", "is this a training run folder (config.json, metrics.jsonl)?")
     if "run_name" not in cfg:

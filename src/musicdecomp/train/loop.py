@@ -34,7 +34,11 @@ workflow managers delete declared outputs before rerunning a job, ckpt/ survives
 Speed options (``speed``; they change how the work runs on the device, not the result beyond rounding, so a run
 may switch them between calls): ``channels_last`` stores the convolution weights (and so their activations) in
 NHWC order, the layout of cuDNN's tensor-core kernels; ``cudnn_benchmark`` lets cuDNN time its algorithms for the
-fixed training shapes once. On CUDA, Adam is the fused implementation.
+fixed training shapes once; ``compile`` compiles the model's forward (and so its backward) in place with
+``torch.compile`` (``compile_model``), which fuses the elementwise work between the matrix products into fewer
+kernels. Compiling takes time at the first step and again at the first validation batch (another shape); Inductor
+caches its kernels on disk (``$TORCHINDUCTOR_CACHE_DIR``), so later calls on the same machine start faster. On
+CUDA, Adam is the fused implementation.
 
 A time limit (``time_limit``, seconds of this call) ends the call cleanly at a checkpoint, before a scheduler's
 wall-clock limit kills it: rerunning continues from there. Until the run has finished there is no ``best.pt``;
@@ -48,7 +52,9 @@ CPU: a Mersenne Twister state), and one kind's state cannot continue the other's
 on the CPU (or the reverse) would draw other batches and noise than the run it continues, which neither the run nor
 its record would show. So such a resume is refused in one line naming the file and the fix (resume on the device
 kind it names, or delete ``ckpt/`` to train from scratch), rather than reseeding silently. Another device of the
-same kind (``cuda:1`` after ``cuda:0``) restores them exactly. A finished run that is only published draws nothing
+same kind (``cuda:1`` after ``cuda:0``) restores them exactly. A rehearsal of a GPU job on the CPU
+(``tools/gpu/driver.py dry-run``) sets ``$MUSICDECOMP_RESEED_OTHER_DEVICE=1`` to continue such a checkpoint with
+fresh streams instead, with a warning. A finished run that is only published draws nothing
 and may be published on any device.
 
 Every checkpoint and best model is checked before it is saved: a NaN or infinite loss or weight (the loss is
@@ -69,6 +75,7 @@ recorded (``compact_resumes`` in the checkpoints, ``progress.json`` and ``train.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -134,7 +141,14 @@ class Update:
         return {"train/loss_scale": scale}
 
 
-SPEED_OPTIONS = ("channels_last", "cudnn_benchmark")
+SPEED_OPTIONS = ("channels_last", "cudnn_benchmark", "compile")
+
+
+def compile_model(model: torch.nn.Module) -> None:
+    """Compile ``model``'s forward in place (its state dict keeps its keys). Inductor's layout optimisation is off: it
+    predicts channels-last strides for transposed convolutions with output padding that the convolution kernels do
+    not return, and the backward pass then fails its stride check (pytorch/pytorch#184026)."""
+    model.compile(options={"layout_optimization": False})
 
 
 def check_speed(speed: dict | None) -> dict:
@@ -177,11 +191,18 @@ def check_finite(model: torch.nn.Module, loss: torch.Tensor, run_name: str, step
                         f"rate or check the data")
 
 
+RESEED_ENV = "MUSICDECOMP_RESEED_OTHER_DEVICE"  # "1": resume another device's checkpoint with fresh random streams
+
+
 def restore_generators(state: dict, path: Path, device: torch.device, *generators: tuple[str, torch.Generator]):
     """Set each generator to its state in the checkpoint ``state`` (read from ``path``); refuse in one line when the
     checkpoint's random streams come from another kind of device (see the module docstring)."""
     saved_on = state.get("device") or _generator_kind(state[generators[0][0]])  # recorded in newer checkpoints
     fix = f"resume it with --device {saved_on}, or delete {path.parent} to train the run from scratch here"
+    if saved_on != device.type and os.environ.get(RESEED_ENV) == "1":  # a rehearsal, not the run: tools/gpu dry-run
+        log.warning("%s was saved on %s: its random streams are seeded afresh on %s ($%s), so this continuation "
+                    "is not the run's", path, saved_on, device.type, RESEED_ENV)
+        return
     if saved_on != device.type:
         raise UserError(f"{path} was saved on {saved_on}: its random streams cannot continue on {device.type}; {fix}")
     try:
@@ -237,6 +258,8 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = speed["cudnn_benchmark"]
+    if speed["compile"]:
+        compile_model(model)
     optimizer = torch.optim.AdamW if tc.get("optimizer") == "adamw" else torch.optim.Adam
     opt = optimizer(model.parameters(), lr=tc["lr"], weight_decay=tc.get("weight_decay", 0.0),
                     fused=device.type == "cuda")

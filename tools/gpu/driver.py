@@ -4,11 +4,11 @@ scipy, PyYAML there; no FluidSynth, Snakemake or MLflow), in two halves.
 Here, in the project folder, after the pipeline has built the chords and rendered the notes (``results/data/jsb``,
 ``results/data/notes``), stage them with the resolved configs:
 
-    python workflow/scripts/musicslots_gpu.py prepare --stage .gpu --variants none-t1-imp_true-k7 softmax-t1-imp_true-k7
+    python tools/gpu/driver.py prepare --stage .gpu --variants none-t1-imp_true-k7 softmax-t1-imp_true-k7
 
 There (the stage folder, ``src/``, ``benchmarks/`` and this script travel), with a budget in seconds:
 
-    PYTHONPATH=src python workflow/scripts/musicslots_gpu.py run --stage .gpu --out "$OUT" --budget 480
+    PYTHONPATH=src python tools/gpu/driver.py run --stage .gpu --out "$OUT" --budget 480
 
 ``run`` rebuilds the dataset from the 10 MB of rendered notes (the features step), measures the training
 throughput alone on the device for the staged variants' models with every combination of the training's speed
@@ -33,9 +33,9 @@ A stopped run continues with the same command where its folder still exists (a m
 machine from a checkpoint brought back (``--keep-last`` brings it back as a compact copy: Adam's moments in
 bfloat16, 28 MB instead of 42 at paper size, see musicdecomp.train.checkpoints.compact_checkpoint):
 
-    python workflow/scripts/musicslots_gpu.py unpack --from <folder of the files> --to checkpoints/musicslots
+    python tools/gpu/driver.py unpack --from <folder of the files> --to checkpoints/musicslots
     git add checkpoints/musicslots && git commit ...     # kept in git: results/ does not outlive a checkout
-    python workflow/scripts/musicslots_gpu.py prepare ... --runs checkpoints/musicslots
+    python tools/gpu/driver.py prepare ... --runs checkpoints/musicslots
 
 A call sends the repository's tracked files and carries at most 64 MiB in all. A run whose ckpt/last.pt git tracks
 travels with the repository anyway, so ``prepare`` does not copy it into the stage but names it there
@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,7 +67,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))  # musicdecomp, imported only where a check needs it (it brings torch)
 from musicdecomp.sweep import is_baseline  # noqa: E402  (plain Python: no torch)
 
-SPEED_OPTIONS = ("channels_last", "cudnn_benchmark")  # musicdecomp.train.loop.SPEED_OPTIONS (not imported here)
+SPEED_OPTIONS = ("channels_last", "cudnn_benchmark", "compile")  # musicdecomp.train.loop.SPEED_OPTIONS (not
+# imported here: it brings torch)
 DATASET = "jsb_multi"
 INPUTS = {"chords.csv": "results/data/jsb/chords.csv", "summary.json": "results/data/jsb/summary.json",
           "notes.pt": "results/data/notes/notes.pt"}
@@ -75,11 +77,29 @@ EVAL_RESERVE_S = 75  # test evaluation, figures and packing after training stops
 PROBE_RESERVE_S = 60  # a finished run is probed only with this much of the budget left (then packing)
 CARRIED = ("ckpt/last.pt", "metrics.jsonl", "progress.json")  # what continues a run elsewhere
 PACKED = {"notes.pt": "notes.pt.z"}  # stage files that travel compressed (pack_file), restored there
+# a composable-representations run: composable-<subset>-<variant> (train-composable on the staged codes)
+COMPOSABLE_RE = re.compile(r"^composable-(?P<subset>[a-z0-9_]+)-(?P<variant>mean|sum|min|max|supervised)$")
+COMPOSABLE_FILES = {"codebooks.pt": "codebooks.pt.z", "train.pt": "codes-train.pt.z", "valid.pt": "codes-valid.pt.z"}
 
 
 def train_step(variant: str) -> str:
-    """The step that trains ``variant``: a MusicSlots variant (none-t2-imp_true-k7) or a baseline (vae-kl0.0, cnn)."""
+    """The step that trains ``variant``: a MusicSlots variant (none-t2-imp_true-k7), a baseline (vae-kl0.0, cnn) or a
+    composable-representations run (composable-drums_bass-mean)."""
+    if COMPOSABLE_RE.match(variant):
+        return "train-composable"
     return "train-baseline" if is_baseline(variant) else "train-musicslots"
+
+
+def is_composable(variant: str) -> bool:
+    return COMPOSABLE_RE.match(variant) is not None
+
+
+def run_args(variant: str, cfg: dict) -> list[str]:
+    """The command-line options naming a staged run (its step checks them against its slice)."""
+    m = COMPOSABLE_RE.match(variant)
+    if m:
+        return ["--subset", m["subset"], "--variant", m["variant"], "--seed", str(cfg["seed"])]
+    return ["--dataset", DATASET, "--variant", variant, "--seed", str(cfg["seed"])]
 
 
 def musicdecomp(*args: str) -> list[str]:
@@ -89,28 +109,37 @@ def musicdecomp(*args: str) -> list[str]:
 def prepare(args) -> None:
     stage = Path(args.stage)
     stage.mkdir(parents=True, exist_ok=True)
-    missing = [src for src in INPUTS.values() if not Path(src).exists()]
+    musicslots = [v for v in args.variants if not is_composable(v)]
+    composable = [v for v in args.variants if is_composable(v)]
+    needed = {**(INPUTS if musicslots else {}), **(COMPOSABLE_INPUTS if composable else {})}
+    missing = [src for src in needed.values() if not Path(src).exists()]
     if missing:
         sys.exit(f"missing {', '.join(missing)}: build them first (snakemake --cores 2 {' '.join(missing)})")
     params = ["--params", *args.params]
     configs = {name: json.loads(subprocess.check_output(musicdecomp("config", name, *extra, *params)))
                for name, extra in (("features", ("--dataset", DATASET)), ("eval-musicslots", ()), ("probe", ()))}
     for variant in args.variants:
+        m = COMPOSABLE_RE.match(variant)
+        if variant.startswith("composable") and not m:
+            sys.exit(f"{variant} is not composable-<subset>-<mean|sum|min|max|supervised>, e.g. composable-drums_bass-mean")
+        run = (["--dataset", m["subset"], "--variant", m["variant"]] if m else ["--dataset", DATASET, "--variant",
+                                                                                   variant])
         configs[variant] = json.loads(subprocess.check_output(musicdecomp(
-            "config", train_step(variant), "--dataset", DATASET, "--variant", variant, "--seed", str(args.seed),
-            *params)))
+            "config", train_step(variant), *run, "--seed", str(args.seed), *params)))
     for variant in args.variants if args.runs else ():
         if (Path(args.runs) / variant / "train.json").exists():
             sys.exit(f"{Path(args.runs) / variant} has finished (train.json): staged, it would train again from step "
                      f"0 there. Leave {variant} out of --variants")
         check_continued(Path(args.runs) / variant, configs[variant], args.params)
-    for name in (*INPUTS, *PACKED.values(), "runs.json"):  # what an earlier stage may hold
+    for name in (*INPUTS, *PACKED.values(), *COMPOSABLE_FILES.values(), "runs.json"):  # an earlier stage's
         (stage / name).unlink(missing_ok=True)
-    for name, src in INPUTS.items():
+    for name, src in (INPUTS if musicslots else {}).items():
         if name in PACKED:
             pack_file(Path(src), stage / PACKED[name])
         else:
             shutil.copyfile(src, stage / name)
+    if composable:
+        stage_composable(stage, sorted({COMPOSABLE_RE.match(v)["subset"] for v in composable}))
     (stage / "configs.json").write_text(json.dumps(configs, indent=1))
     shutil.rmtree(stage / "runs", ignore_errors=True)
     in_place = {}
@@ -130,9 +159,47 @@ def prepare(args) -> None:
     if in_place:
         (stage / "runs.json").write_text(json.dumps(in_place, indent=1))
     size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file()) / 1e6
-    inputs = ", ".join(f"{name} (compressed)" if name in PACKED else name for name in INPUTS)
-    print(f"staged {inputs} and the configs of {', '.join(args.variants)} in {stage} ({size:.1f} MB)")
+    inputs = [f"{name} (compressed)" if name in PACKED else name for name in (INPUTS if musicslots else ())]
+    inputs += ["the codec's codebooks and the codes (compressed)"] if composable else []
+    print(f"staged {', '.join(inputs)} and the configs of {', '.join(args.variants)} in {stage} ({size:.1f} MB)")
     check_travel(Path.cwd(), stage, args.max_travel_mib)
+
+
+COMPOSABLE_INPUTS = {"model.pt": "results/codec/model.pt", "train.pt": "results/codec/codes/train.pt",
+                     "valid.pt": "results/codec/codes/valid.pt"}
+
+
+def stage_composable(stage: Path, subsets: list[str]) -> None:
+    """The composable runs' inputs, compressed: the codec quantizer's codebooks (the GPU machine has no encodec:
+    the codes decode with torch alone, to the same latents) and the train and valid codes of ``subsets`` only."""
+    import torch
+
+    from musicdecomp.models.codes import load_codes, write_codebooks
+    from musicdecomp.models.encodec import load_codec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        codec, info = load_codec(COMPOSABLE_INPUTS["model.pt"])
+        write_codebooks(codec, info, Path(tmp) / "codebooks.pt")
+        for split in ("train", "valid"):
+            torch.save(subset_payload(load_codes(COMPOSABLE_INPUTS[f"{split}.pt"]), subsets), Path(tmp) / f"{split}.pt")
+        for name, packed in COMPOSABLE_FILES.items():
+            pack_file(Path(tmp) / name, stage / packed)
+
+
+def subset_payload(payload: dict, subsets: list[str]) -> dict:
+    """A codes payload reduced to ``subsets``: their classes at the positions they use, renumbered (the same
+    ``subset_codes`` of each, in fewer bytes)."""
+    import torch
+
+    kept = {s: payload["subsets"][s] for s in subsets if s in payload["subsets"]}
+    used = sorted({int(i) for s in kept.values() for i in s["items"]})
+    new = {old: k for k, old in enumerate(used)}
+    index = torch.tensor(used, dtype=torch.long)
+    classes = {c for s in kept.values() for c in s["classes"]}
+    return {**payload, "positions": payload["positions"][index],
+            "classes": {c: v[index] for c, v in payload["classes"].items() if c in classes},
+            "subsets": {s: {**v, "items": torch.tensor([new[int(i)] for i in v["items"]], dtype=torch.long)}
+                        for s, v in kept.items()}}
 
 
 def tracked_path(run: Path) -> str | None:
@@ -233,8 +300,9 @@ def check_configs(path: Path, configs: dict, variants: list[str]) -> None:
         check_slice(configs["eval-musicslots"], "eval_musicslots")
         check_slice(configs["probe"], "probe")
         for variant in variants:
-            check_slice(configs[variant], train_step(variant).replace("-", "_"), DATASET, variant,
-                        configs[variant].get("seed"))
+            m = COMPOSABLE_RE.match(variant)
+            check_slice(configs[variant], train_step(variant).replace("-", "_"), m["subset"] if m else DATASET,
+                        m["variant"] if m else variant, configs[variant].get("seed"))
     except UserError as e:
         sys.exit(f"{path}: {e}. Or stage it again with `prepare`")
 
@@ -254,6 +322,8 @@ def run(args) -> None:
     eval_cfg = configs["eval-musicslots"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MUSICDECOMP_PROGRESS": "0"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    # Inductor's compiled kernels, kept in the work folder: the calls of one warm machine share them
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str((work / "inductor-cache").resolve()))
     gpu = None
     if shutil.which("nvidia-smi"):
         query = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
@@ -262,8 +332,15 @@ def run(args) -> None:
         if query.returncode == 0 and query.stdout.strip():
             gpu = query.stdout.split(",")[0].strip()
 
-    data_dir = work / "data" / DATASET
-    if not (data_dir / "summary.json").exists():
+    if args.extra_bench > 0:
+        extra_benchmarks(args, out, env, t0)
+
+    data_dir, codes_dir = work / "data" / DATASET, work / "codes"
+    if any(is_composable(v) for v in variants):  # the codebooks and codes, restored once per machine
+        for name, packed in COMPOSABLE_FILES.items():
+            if not (codes_dir / name).exists():
+                unpack_file(stage / packed, codes_dir / name)
+    if any(not is_composable(v) for v in variants) and not (data_dir / "summary.json").exists():
         inputs = {name: stage / name for name in INPUTS}
         for name, packed in PACKED.items():
             if (stage / packed).exists():  # staged compressed: restored into the work folder
@@ -276,7 +353,7 @@ def run(args) -> None:
                                    "--out-dir", str(data_dir)), env=env, check=True)
 
     models = {v: (configs[v]["model"]["mask"], configs[v]["model"]["time_stride"]) for v in variants
-              if not is_baseline(v)}  # what the throughput benchmark measures
+              if not is_baseline(v) and not is_composable(v)}  # what the throughput benchmark measures
     recorded = ({} if args.rebench or gpu is None or not models
                 else recorded_benchmark(Path(args.records), gpu, set(models.values())))
     if recorded:
@@ -314,9 +391,10 @@ def run(args) -> None:
                 f"{step_of(run_dir)}{f' ({kept})' if kept else ''}", t0)
         seconds = args.train_seconds or max((train_end - time.perf_counter()) / share, 10)
         limit_min = seconds / 60
-        cmd = musicdecomp(train_step(variant), "--config", json.dumps(configs[variant]), "--dataset", DATASET,
-                          "--variant", variant, "--seed", str(configs[variant]["seed"]), "--data-dir",
-                          str(data_dir), "--run-dir", str(run_dir), "--device", args.device,
+        data = (["--codec", str(codes_dir / "codebooks.pt"), "--codes-dir", str(codes_dir)] if is_composable(variant)
+                else ["--data-dir", str(data_dir)])
+        cmd = musicdecomp(train_step(variant), "--config", json.dumps(configs[variant]),
+                          *run_args(variant, configs[variant]), *data, "--run-dir", str(run_dir), "--device", args.device,
                           "--time-limit", f"{limit_min:.3f}", "--log", str(run_dir / "train.log"),
                           *(f"--{name.replace('_', '-')}" for name in speeds[variant]))
         log(f"training {variant} for at most {limit_min:.2f} min ({', '.join(speeds[variant]) or 'default speed'})",
@@ -350,12 +428,13 @@ def run(args) -> None:
     for variant in variants:
         run_dir = work / "runs" / variant
         ckpt = run_dir / ("best.pt" if (run_dir / "best.pt").exists() else "ckpt/best.pt")
-        if status[variant] not in (0, 75) or not ckpt.exists() or is_baseline(variant):  # a baseline's test: its probe
-            continue
+        if status[variant] not in (0, 75) or not ckpt.exists() or is_baseline(variant) or is_composable(variant):
+            continue  # a baseline's test is its probe; a composable run is evaluated where its stems are
         evals[variant] = subprocess.Popen(musicdecomp(
             "eval-musicslots", "--run-dir", str(run_dir), "--data-dir", str(data_dir), "--out",
             str(run_dir / "test.json"), "--figure", str(run_dir / "test.png"), "--device", args.device,
-            "--checkpoint", str(ckpt), "--config", json.dumps(eval_cfg), "--log", str(run_dir / "eval.log")),
+            "--checkpoint", str(ckpt), "--config", json.dumps(eval_cfg), "--log", str(run_dir / "eval.log"),
+            *(["--limit", str(args.eval_limit)] if args.eval_limit else [])),
             env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     for variant, proc in evals.items():
         _, err = proc.communicate()
@@ -363,7 +442,8 @@ def run(args) -> None:
             print(err[-3000:], file=sys.stderr)
     for variant in variants:  # Table 2's note-property probes of a finished run (its best.pt), once
         run_dir = work / "runs" / variant
-        if status[variant] != 0 or not (run_dir / "best.pt").exists() or (run_dir / "probe.json").exists():
+        if status[variant] != 0 or not (run_dir / "best.pt").exists() or (run_dir / "probe.json").exists() or \
+                is_composable(variant):
             continue
         left = t0 + args.budget - time.perf_counter()
         if left < PROBE_RESERVE_S:
@@ -395,10 +475,10 @@ def run(args) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for variant, entry in summary["runs"].items():
         p, t = entry.get("progress", {}), entry.get("test", {}).get("test", {})
+        score = "mIoU" if not (is_baseline(variant) or is_composable(variant)) else "score"
         line = (f"{variant}: step {p.get('step')} of {p.get('steps')}, {p.get('steps_per_second', 0):.2f} steps/s, "
-                f"best val {'score' if is_baseline(variant) else 'mIoU'} {p.get('best_val_score', float('nan')):.4f} "
-                f"@ {p.get('best_step')}")
-        if not is_baseline(variant):
+                f"best val {score} {p.get('best_val_score', float('nan')):.4f} @ {p.get('best_step')}")
+        if not is_baseline(variant) and not is_composable(variant):
             line += f"; test note MSE {t.get('note_mse', float('nan')):.3f} mIoU {t.get('miou', float('nan')):.4f}"
         if "probe" in entry:
             line += "; probes (pitch / instrument / chord): " + " / ".join(
@@ -406,6 +486,27 @@ def run(args) -> None:
         log(line, t0)
     if any(code not in (0, 75) for code in status.values()):
         sys.exit(1)
+
+
+def extra_benchmarks(args, out: Path, env: dict, t0: float) -> None:
+    """The speed measurements a GPU session owes besides training, within ``--extra-bench`` seconds: the compiled
+    and eager training steps of both models (benchmarks/compile_speed.py), then each composable-representations
+    step's unit costs (benchmarks/composable_cost.py). Their records come back in ``out``."""
+    end = time.perf_counter() + args.extra_bench
+    small = ["--small"] if args.bench_small else []
+    for name, extra, share in (("compile_speed.py", ["--budget", str(0.6 * args.extra_bench)] + small, 0.8),
+                               ("composable_cost.py", ["--steps", "3"], 1.0)):
+        left = end - time.perf_counter()
+        if left < 20:
+            log(f"{name}: not run, {left:.0f} s of --extra-bench left", t0)
+            continue
+        log(f"{name} (at most {share * left:.0f} s)", t0)
+        try:
+            subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--device", args.device, "--out",
+                            str(out), *extra], env=env, check=True, timeout=share * left,
+                           cwd=ROOT / "benchmarks")
+        except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as e:
+            log(f"{name} did not complete: {e}", t0)
 
 
 SPEED_MIN_GAIN = 1.03  # --speed auto keeps the defaults unless an option combination is this much faster
@@ -558,6 +659,113 @@ def place_run(new: Path, dst: Path) -> None:
         print(f"{name}: no ckpt/last.pt came back, so this run cannot be continued elsewhere (run with --keep-last)")
 
 
+# what a device call brings back (the device tool's limits): files, bytes per file, bytes in all, folder depth
+RETURN_FILES, RETURN_FILE_BYTES, RETURN_BYTES, RETURN_DEPTH = 8, 16 * 2**20, 64 * 2**20, 2
+RETURN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def check_return(out: Path) -> list[str]:
+    """What in ``out`` would not come back from a device call (empty: all of it would)."""
+    files = [f for f in out.rglob("*") if f.is_file()]
+    problems = [f"{len(files)} files, more than {RETURN_FILES}"] if len(files) > RETURN_FILES else []
+    problems += [f"{f.name}: {f.stat().st_size / 2**20:.1f} MiB, over 16 MiB" for f in files
+                 if f.stat().st_size > RETURN_FILE_BYTES]
+    total = sum(f.stat().st_size for f in files)
+    problems += [f"{total / 2**20:.1f} MiB in all, over 64 MiB"] if total > RETURN_BYTES else []
+    problems += [f"{f.relative_to(out)}: a name or depth the device tool does not bring back" for f in files
+                 if len(f.relative_to(out).parts) > RETURN_DEPTH + 1
+                 or not all(RETURN_NAME.match(part) for part in f.relative_to(out).parts)]
+    return problems
+
+
+def dry_run(args) -> None:
+    """Here, on the CPU: the staged job's ``run`` half end to end as the GPU machine would run it (its packages
+    hidden as there, a few steps, the test evaluation on a few examples), what it writes checked against what a
+    device call brings back, and ``unpack`` of it; the stage's own size is checked as ``prepare`` does."""
+    stage = Path(args.stage)
+    if not (stage / "configs.json").exists():
+        sys.exit(f"{stage} holds no staged job: run `prepare` first")
+    check_travel(Path.cwd(), stage, args.max_travel_mib)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tools/gpu/device_like"),
+                                                                       str(ROOT / "src"),
+                                                                       os.environ.get("PYTHONPATH")])),
+           "MUSICDECOMP_RESEED_OTHER_DEVICE": "1"}  # a kept run trained on the GPU continues here on the CPU
+    with tempfile.TemporaryDirectory(prefix="gpu-dry-run-") as tmp:
+        out, work, back = Path(tmp) / "out", Path(tmp) / "work", Path(tmp) / "back"
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "run", "--stage", str(stage), "--out",
+                               str(out), "--work", str(work), "--budget", str(args.budget), "--train-seconds",
+                               str(args.train_seconds), "--device", "cpu", "--bench-seconds", "0", "--keep-last",
+                               "--eval-limit", "8"], env=env, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"dry run: `run` failed ({proc.returncode}) after {time.perf_counter() - t0:.0f} s:\n"
+                     f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        problems = check_return(out)
+        if problems:
+            sys.exit(f"dry run: what `run` wrote would not all come back: {'; '.join(problems)}")
+        unpacked = subprocess.run([sys.executable, str(Path(__file__).resolve()), "unpack", "--from", str(out),
+                                   "--to", str(back)], capture_output=True, text=True)
+        if unpacked.returncode:
+            sys.exit(f"dry run: `unpack` failed:\n{unpacked.stderr[-3000:]}")
+        runs = sorted(p.name for p in back.iterdir() if (p / "progress.json").exists())
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
+        print(f"dry run passed in {time.perf_counter() - t0:.0f} s: {', '.join(runs)} trained, packed "
+              f"({len(list(out.iterdir()))} files, {size:.1f} MiB to bring back) and unpacked")
+
+
+def job_state(job: dict, gpu: str) -> tuple[str, bool]:
+    """(where a queue job stands, whether it is done)."""
+    if job["kind"] == "cluster":
+        return "cluster: " + job["why"].split(";")[0], False
+    if job["kind"] == "bench":
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from benchlib import device_slug
+
+        done = (ROOT / "benchmarks" / f"{job['record']}_{device_slug(gpu)}.json").exists()
+        return ("recorded" if done else f"not recorded for {gpu}"), done
+    states = []
+    for variant in job["variants"]:
+        run = ROOT / job["runs"] / variant
+        if (run / "train.json").exists():
+            states.append(f"{variant} finished" + ("" if (run / "probe.json").exists() or is_composable(variant)
+                                                   else ", not probed"))
+        elif (run / "ckpt/last.pt").exists():
+            p = json.loads((run / "progress.json").read_text())
+            states.append(f"{variant} at step {p['step']} of {p['steps']}")
+        else:
+            states.append(f"{variant} not started")
+    return "; ".join(states), all(s.endswith("finished") for s in states)
+
+
+def queue(args) -> None:
+    """Where each job of the queue stands, and the commands that continue the first unfinished training job."""
+    import yaml
+
+    jobs = yaml.safe_load(Path(args.file).read_text())["jobs"]
+    todo, bench = None, 0
+    for i, job in enumerate(jobs, 1):
+        state, done = job_state(job, args.gpu)
+        print(f"{i}. {job['name']}\n   [{job['kind']}] {state}")
+        if job["kind"] == "bench" and not done:
+            bench = 180
+        if job["kind"] == "train" and not done and todo is None:
+            todo = job
+    if todo is None:
+        print("\nno training job of the queue is left for the lent machines")
+        return
+    variants = [v for v in todo["variants"] if not (ROOT / todo["runs"] / v / "train.json").exists()][:1]
+    params = " ".join(todo["params"])
+    print(f"\nnext: {todo['name']}\n"
+          f"  here:   python tools/gpu/driver.py prepare --stage .gpu --params {params} --variants {' '.join(variants)} "
+          f"--runs {todo['runs']}\n"
+          f"          python tools/gpu/driver.py dry-run --stage .gpu        # optional, minutes on the CPU\n"
+          f"  device: (run, carry [\".gpu\"], timeout_s 600) PYTHONPATH=src python tools/gpu/driver.py run --stage .gpu "
+          f"--out \"$OUT\" --budget 540 --keep-last --bench-seconds 0"
+          + (f" --extra-bench {bench}" if bench else "") + "\n"
+          f"  here:   python tools/gpu/driver.py unpack --from <files_at> --to {todo['runs']}; copy the benchmark "
+          f"records into benchmarks/; git add {todo['runs']} benchmarks; commit")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -585,6 +793,9 @@ def main() -> None:
                     help="where speed benchmarks recorded per GPU are found: one for this GPU that covers the "
                          "staged models is used instead of measuring")
     sp.add_argument("--rebench", action="store_true", help="measure even when a recorded benchmark covers the run")
+    sp.add_argument("--eval-limit", type=int, help=argparse.SUPPRESS)  # dry runs: the first N test examples only
+    sp.add_argument("--extra-bench", type=float, default=0, metavar="SECONDS",
+                    help="first spend this long on the compiled-vs-eager and composable cost benchmarks (0: none)")
     sp.add_argument("--train-seconds", type=float, help="train this long (default: what the budget leaves)")
     sp.add_argument("--keep-last", action="store_true", help="bring back ckpt/last.pt to continue elsewhere")
     sp.add_argument("--side-by-side", action="store_true",
@@ -595,6 +806,18 @@ def main() -> None:
                          "or the options to use")
     sp.add_argument("--part-mib", type=float, default=15, help="split files brought back above this size")
     sp.set_defaults(func=run)
+    sp = sub.add_parser("dry-run", help="here, on CPU: the staged job's run half end to end, a few steps, and what "
+                                        "would come back checked against the device tool's limits")
+    sp.add_argument("--stage", default=".gpu")
+    sp.add_argument("--budget", type=float, default=900, help="seconds for the run half (features, steps, evaluation)")
+    sp.add_argument("--train-seconds", type=float, default=20, help="training per run (at least one step and a "
+                                                                     "checkpoint)")
+    sp.add_argument("--max-travel-mib", type=float, default=64)
+    sp.set_defaults(func=dry_run)
+    sp = sub.add_parser("queue", help="where each GPU job of tools/gpu/queue.yaml stands, and the next commands")
+    sp.add_argument("--file", default=str(ROOT / "tools/gpu/queue.yaml"))
+    sp.add_argument("--gpu", default="NVIDIA H200", help="the lent GPU, whose benchmark records count")
+    sp.set_defaults(func=queue)
     sp = sub.add_parser("unpack", help="here: join split files brought back and extract the run folders")
     sp.add_argument("--from", dest="source", required=True)
     sp.add_argument("--to", required=True)
