@@ -5,8 +5,8 @@
 Times, with random latents of the default shape (128 x crop_frames) and synthetic audio, each unit of work the
 steps repeat: one training step of the decomposition model (mean operator) and of the supervised separator at the
 default batch (forward, IADB loss, backward, AdamW), one sampling step of the decomposition model at the default
-evaluation batch (N components + the composed mixture: N + 1 U-Net passes), and one chunk of each classic
-separator. The record extrapolates each step's total from its counts: training steps (epochs x chunks // batch),
+evaluation batch (N components + the composed mixture: N + 1 U-Net passes), one training step of the recomposition
+prior, the FAD embedding of one chunk, and one chunk of each classic separator. The record extrapolates each step's total from its counts: training steps (epochs x chunks // batch),
 sampling passes (chunks x sample steps), baseline chunks. ``--chunks`` is the subset's training chunk count.
 """
 
@@ -22,8 +22,11 @@ from benchlib import device_name, timed, write_record
 
 from musicdecomp.config import load_params
 from musicdecomp.device import autocast, pick_device
+from musicdecomp.metrics.embeddings import get_embedding
 from musicdecomp.models.composable import build_model
+from musicdecomp.models.prior import sample_masks
 from musicdecomp.train.composable import composable_loss
+from musicdecomp.train.prior import prior_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +63,27 @@ def main() -> None:
 
         results[f"train_step_{variant}_s"] = timed(step, args.steps, dev)
         print(f"train step ({variant}, batch {b}): {results[f'train_step_{variant}_s']:.2f} s", flush=True)
+    prior = prior_from_config(c["prior"], n).to(dev)
+    popt = torch.optim.AdamW(prior.parameters(), lr=1e-4)
+    pgen = torch.Generator(device=dev).manual_seed(0)
+    z = torch.randn(c["prior"]["train"]["batch_size"], n, 1, crop, device=dev)
+
+    def prior_step():
+        masks = sample_masks(len(z), n, c["prior"]["p_masks"][0], pgen, device=dev)
+        with autocast(dev, amp):
+            loss = prior.loss(z, masks, pgen)
+        popt.zero_grad(set_to_none=True)
+        loss.backward()
+        popt.step()
+
+    results["train_step_prior_s"] = timed(prior_step, args.steps, dev)
+    print(f"train step (prior, batch {len(z)}): {results['train_step_prior_s']:.2f} s", flush=True)
+    embed = get_embedding(c["prior"]["eval"]["embedding"], device=dev)
+    clip = np.random.default_rng(0).standard_normal(crop * 320).astype(np.float32) * 0.1
+    t0 = time.perf_counter()
+    embed(clip, 24000)
+    results["embedding_s_per_clip"] = time.perf_counter() - t0
+    print(f"{c['prior']['eval']['embedding']} embedding: {results['embedding_s_per_clip']:.2f} s per clip", flush=True)
     model = build_model(c["model"], "mean", n).to(dev).eval()
     eb = c["eval"]["batch_size"]
     x = torch.randn(eb, 128, crop, device=dev)
@@ -99,6 +123,7 @@ def main() -> None:
     totals = {
         "train_composable_hours_per_run": steps * results["train_step_mean_s"] / 3600,
         "train_supervised_hours": steps * results["train_step_supervised_s"] / 3600,
+        "train_prior_hours_per_run": steps * results["train_step_prior_s"] / 3600,
         "eval_composable_hours_per_run": chunks * c["eval"]["sample_steps"] * per / 3600,
         "eval_bss_baselines_hours_per_subset": chunks * sum(v for k, v in results.items()
                                                             if k.startswith("baseline_")) / 3600}

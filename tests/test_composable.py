@@ -203,3 +203,40 @@ def test_the_composable_parameters_and_slices_are_checked(params):
         validate(deep_merge(params, {"composable": {"model": {"crop_frames": 510}}}))
     with pytest.raises(UserError, match="variant 'median' is not one of"):
         step_config(params, "train_composable", "drums_bass", "median", 0)
+
+
+def test_a_prior_models_a_decomposition_runs_latents_and_generates_with_it(codec_side, trained, params,
+                                                                           monkeypatch):
+    from musicdecomp.eval.composable_tables import generation_tables
+    from musicdecomp.eval.generation import evaluate_generation
+    from musicdecomp.train.prior import train_prior
+
+    codec, codes = codec_side / "results/codec/model.pt", codec_side / "results/codec/codes"
+    cfg = step_config(params, "train_prior", "drums_bass", "0.8", 0)
+    assert cfg["decomposition"] == "mean" and cfg["p_mask"] == 0.8 and cfg["classes"] == ["drums", "bass"]
+    check_slice(json.loads(json.dumps(cfg)), "train_prior", "drums_bass", "0.8", 0)
+    run = codec_side / "results/composable/drums_bass/prior-p0.8/seed0"
+    summary = train_prior(cfg, trained["mean"][0], codec, codes, run, device="cpu", threads=1)
+    assert summary["steps"] == params["composable"]["prior"]["train"]["epochs"] and (run / "best.pt").is_file()
+    assert json.loads((run / "latent_stats.json").read_text())["z"]["std"] > 0
+    with pytest.raises(UserError, match="is a supervised run on"):
+        train_prior(cfg, trained["supervised"][0], codec, codes, codec_side / "other", device="cpu")
+    ev = step_config(params, "eval_generation")["composable.prior.eval"]
+    res = evaluate_generation(ev, run, trained["mean"][0], codec, codes / "test.pt",
+                              codec_side / "results/stems/jsb/test.json", run / "generation.json", run / "examples",
+                              run / "generation.png", device="cpu")
+    assert set(res["fad"]) == {"codec", "encoded", "unconditional", "regenerated_drums", "regenerated_bass"}
+    assert res["fad"]["codec"]["encoded"] is None and res["fad"]["encoded"]["encoded"] is None
+    assert res["embedding"]["name"] == "crepe-tiny" and not res["embedding"]["comparable_to_paper"]
+    for source in ("drums", "bass"):
+        d = res["diversity"][source]
+        assert d["latent_mse"]["real"]["count"] == 2 and d["ms_stft"]["rand"]["mean"] > 0
+    assert (run / "examples/unconditional_ex0_mixture.wav").is_file()
+    assert (run / "examples/regenerated_bass_ex0_bass.wav").is_file()
+    monkeypatch.chdir(codec_side)
+    generation_tables({"priors": [["drums_bass", 0.8, 0]]}, codec_side / "tables")
+    md = (codec_side / "tables/composable_generation.md").read_text()
+    assert "| drums_bass | unconditional, p_mask = 0.8 | 1 |" in md and "not comparable to the paper's FAD" in md
+    assert "| bass generated given the others, p_mask = 0.8 | 1 |" in md and "0.03 / 0.03" in md
+    div = (codec_side / "tables/composable_diversity.md").read_text()
+    assert "| drums | the true stem (real) |" in div and "2.3259 (0.1287)" in div

@@ -67,10 +67,17 @@ def test_tiny_config_only_shrinks_the_run(tiny_params, params):
         *(f"composable.train.{k}" for k in ("epochs", "batch_size", "log_every", "eval_every", "val_examples",
                                             "eval_batch_size", "checkpoint_every")),
         *(f"composable.eval.{k}" for k in ("max_chunks", "sample_steps", "batch_size", "n_examples")),
-        "composable.baselines.nmf_components"}
+        "composable.baselines.nmf_components",
+        *(f"composable.prior.unet.{k}" for k in ("channels", "kernels", "strides", "attention", "emb_dim", "head_dim",
+                                                  "dropout")),
+        *(f"composable.prior.train.{k}" for k in ("epochs", "batch_size", "log_every", "eval_every", "val_examples",
+                                                  "eval_batch_size", "checkpoint_every")),
+        *(f"composable.prior.eval.{k}" for k in ("max_chunks", "sample_steps", "variations", "batch_size",
+                                                 "n_examples", "embedding"))}
     assert not {k for k in changed if k.endswith((".lr", ".batch_size")) and not k.startswith("probe.")} - {
         "musicslots.train.batch_size", "baselines.vae.train.batch_size", "baselines.cnn.train.batch_size",
-        "codec.trained.train.batch_size", "composable.train.batch_size", "composable.eval.batch_size"}
+        "codec.trained.train.batch_size", "composable.train.batch_size", "composable.eval.batch_size",
+        "composable.prior.train.batch_size", "composable.prior.eval.batch_size"}
 
 
 @pytest.mark.parametrize("key, value, words", [
@@ -155,7 +162,7 @@ def _every_slice(params):
     import json
 
     from musicdecomp.pipeline import STEPS
-    from musicdecomp.sweep import baseline_runs, composable_runs, musicslots_runs
+    from musicdecomp.sweep import baseline_runs, composable_runs, musicslots_runs, prior_runs
 
     for step, spec in STEPS.items():
         if step == "train_musicslots":
@@ -164,6 +171,8 @@ def _every_slice(params):
             runs = baseline_runs(params)
         elif step == "train_composable":
             runs = composable_runs(params)
+        elif step == "train_prior":
+            runs = [(s, str(p), seed) for s, p, seed in prior_runs(params)]
         elif spec.per_dataset:
             runs = [(name, None, None) for name in params["datasets"]]
         else:

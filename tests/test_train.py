@@ -227,7 +227,7 @@ def test_channels_last_trains_the_same_model_and_can_switch_between_calls(tiny_r
     data = tiny_run / "results/data/jsb_multi"
     cfg = tiny_cfg(tiny_params, "softmax-t1-imp_true-k3", log_every=1)
     train_musicslots(cfg, data, tmp_path / "nchw", device="cpu", threads=1)
-    fast = {"channels_last": True, "cudnn_benchmark": True, "compile": True}  # cuDNN's option is ignored on CPU
+    fast = {"channels_last": True, "cudnn_benchmark": True, "compile": False}  # cuDNN's option is ignored on CPU
     stopped = train_musicslots(cfg, data, tmp_path / "nhwc", device="cpu", threads=1, stop_after=2, speed=fast)
     assert stopped == {"stopped_at": 2}
     assert json.loads((tmp_path / "nhwc/progress.json").read_text())["speed"] == fast
@@ -246,7 +246,20 @@ def test_channels_last_trains_the_same_model_and_can_switch_between_calls(tiny_r
     b = torch.load(tmp_path / "nhwc/best.pt", weights_only=True)["model"]
     assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
     with pytest.raises(UserError, match="unknown speed options"):
-        train_musicslots(cfg, data, tmp_path / "other", device="cpu", speed={"compile": True})
+        train_musicslots(cfg, data, tmp_path / "other", device="cpu", speed={"fused": True})
+
+
+def test_the_compile_option_compiles_the_model_the_loop_trains(tiny_run, tiny_params, tmp_path, monkeypatch):
+    """speed compile hands the model to compile_model (whose equivalence tests/test_compile.py checks) before the
+    first step, and the run records the option."""
+    from musicdecomp.train import loop
+
+    compiled = []
+    monkeypatch.setattr(loop, "compile_model", lambda model: compiled.append(type(model).__name__))
+    cfg = tiny_cfg(tiny_params, "none-t1-imp_true-k3")
+    summary = train_musicslots(cfg, tiny_run / "results/data/jsb_multi", tmp_path / "r", device="cpu", threads=1,
+                               speed={"compile": True})
+    assert compiled == ["MusicSlots"] and summary["speed"]["compile"] is True
 
 
 def test_fp16_loss_scaling_trains_the_float32_model_on_cpu_and_is_resumed(tiny_run, tiny_params, tmp_path):

@@ -91,6 +91,14 @@ def test_tiny_sweep_trains_every_variant_and_makes_table1(tiny_all, tiny_params)
     assert all(f"| drums_bass | {op} | 1 |" in ops for op in ("mean", "sum", "min", "max"))
     assert {p.name for p in (tiny_all / "results/figures/composable").glob("*.png")} == {
         "separation_drums_bass.png", "si_sdr_vs_loudness_drums_bass.png"}
+    # the recomposition prior: two runs (p_mask 0.8 and 1.0), their generations, Tables 4 and 5
+    priors = found[found["tags.model"] == "prior"]
+    assert set(priors["tags.mlflow.runName"]) == {"composable/drums_bass/prior-p0.8/seed0",
+                                                  "composable/drums_bass/prior-p1.0/seed0"}
+    gen = (tiny_all / "results/tables/composable_generation.md").read_text()
+    assert "| drums_bass | unconditional, p_mask = 1.0 | 1 |" in gen and "not comparable to the paper's FAD" in gen
+    div = (tiny_all / "results/tables/composable_diversity.md").read_text()
+    assert div.count("| drums_bass | composable/drums_bass/prior-p0.8/seed0 |") == 4
 
 
 def test_baseline_record_keeps_table2_rows_of_the_runs(tiny_all, tmp_path):
@@ -135,11 +143,13 @@ def test_second_run_does_nothing(tiny_all, tiny_override):
     ({"probe": {"train": {"lr": 1e-4}}}, {"probe_musicslots": 4, "probe_baseline": 6, "tables": 1, "all": 1}),
     ({"tracking": {"experiment": "other"}}, {}),
     ({"codec": {"eval": {"seed": 3}}}, {"eval_codec": 1, "all": 1}),
-    ({"codec": {"encode_batch": 3}}, {"cache_codes": 3, "eval_codec": 1, "train_composable": 5, "eval_composable": 5, "eval_bss_baselines": 1, "composable_tables": 1, "all": 1}),
-    ({"codec": {"trained": {"l1_weight": 0.5}}}, {"codec": 1, "cache_codes": 3, "eval_codec": 1, "train_composable": 5, "eval_composable": 5, "eval_bss_baselines": 1, "composable_tables": 1, "all": 1}),
+    ({"codec": {"encode_batch": 3}}, {"cache_codes": 3, "eval_codec": 1, "train_composable": 5, "eval_composable": 5, "eval_bss_baselines": 1, "composable_tables": 1, "train_prior": 2, "eval_generation": 2, "generation_tables": 1, "all": 1}),
+    ({"codec": {"trained": {"l1_weight": 0.5}}}, {"codec": 1, "cache_codes": 3, "eval_codec": 1, "train_composable": 5, "eval_composable": 5, "eval_bss_baselines": 1, "composable_tables": 1, "train_prior": 2, "eval_generation": 2, "generation_tables": 1, "all": 1}),
     # composable representations: training, sampling, the test chunks and the baselines each rerun what they feed
     ({"composable": {"train": {"lr": 3.0e-4}}}, {"train_composable": 5, "eval_composable": 5, "composable_tables": 1,
-                                                   "all": 1}),
+                                                   "train_prior": 2, "eval_generation": 2, "generation_tables": 1, "all": 1}),
+    ({"composable": {"prior": {"train": {"lr": 3.0e-4}}}}, {"train_prior": 2, "eval_generation": 2, "generation_tables": 1, "all": 1}),
+    ({"composable": {"prior": {"eval": {"variations": 2}}}}, {"eval_generation": 2, "generation_tables": 1, "all": 1}),
     ({"composable": {"eval": {"sample_steps": 3}}}, {"eval_composable": 5, "composable_tables": 1, "all": 1}),
     ({"composable": {"eval": {"seed": 4}}}, {"eval_composable": 5, "eval_bss_baselines": 1, "composable_tables": 1,
                                                "all": 1}),
@@ -266,6 +276,11 @@ def test_dvc_repro_builds_the_codec_side_like_snakemake(tiny_all, tiny_params, t
         assert ours["methods"][m]["per_chunk"]["raw"]["si_sdr"] == theirs["methods"][m]["per_chunk"]["raw"]["si_sdr"]
     mean = json.loads((proj / "results/composable/drums_bass/mean/seed0/separation.json").read_text())
     assert mean["chunks"] == ours["chunks"] and mean["kind"] == "composable"
+    # the prior of that run, through its DVC stages: trained on its encoder's latents, generating on the same chunks
+    stages.append("eval_generation@drums_bass-0.8-0")
+    run(DVC + ["repro", "-q", stages[-1]], cwd=proj)
+    gen = json.loads((proj / "results/composable/drums_bass/prior-p0.8/seed0/generation.json").read_text())
+    assert gen["decomposition"] == "composable/drums_bass/mean/seed0" and gen["chunks"] == ours["chunks"]
     assert "up to date" in run(DVC + ["status", *stages], cwd=proj).stdout
 
 

@@ -21,8 +21,8 @@ from musicdecomp.pipeline import check_slice, code_id, step_config
 
 
 def _step_cfg(args: argparse.Namespace, step: str) -> dict:
-    run = (getattr(args, "dataset", None) or getattr(args, "subset", None), getattr(args, "variant", None),
-           getattr(args, "seed", None))
+    run = (getattr(args, "dataset", None) or getattr(args, "subset", None),
+           getattr(args, "variant", None) or getattr(args, "p_mask", None), getattr(args, "seed", None))
     if args.config is None:
         # the same JSON round trip as Snakemake's --config, so both tools hand the step the same object
         args.config = to_json(step_config(load_params(args.params), step, *run))
@@ -241,6 +241,34 @@ def cmd_composable_tables(args):
     composable_tables(_step_cfg(args, "composable_tables"), args.out_dir, args.figures_dir)
 
 
+def cmd_train_prior(args):
+    from musicdecomp.sweep import composable_dir
+    from musicdecomp.train.prior import train_prior
+
+    cfg = _step_cfg(args, "train_prior")
+    return _training_exit(args, train_prior(
+        cfg, composable_dir(cfg["subset"], cfg["decomposition"], cfg["seed"]), args.codec, args.codes_dir,
+        args.run_dir, device=args.device, tracking=_tracking(args), threads=args.threads,
+        time_limit=_time_limit(args), speed=_speed(args), code=code_id("train_prior")))
+
+
+def cmd_eval_generation(args):
+    from musicdecomp.eval.generation import evaluate_generation
+    from musicdecomp.io import read_json
+    from musicdecomp.sweep import composable_dir
+
+    run = read_json(f"{args.run_dir}/config.json", "train the prior first")
+    evaluate_generation(_step_cfg(args, "eval_generation")["composable.prior.eval"], args.run_dir,
+                        composable_dir(run["subset"], run["decomposition"], run["seed"]), args.codec, args.codes,
+                        args.index, args.out, args.examples_dir, args.figure, device=args.device,
+                        tracking=_tracking(args))
+
+
+def cmd_generation_tables(args):
+    from musicdecomp.eval.composable_tables import generation_tables
+    generation_tables(_step_cfg(args, "generation_tables"), args.out_dir)
+
+
 def cmd_config(args):
     """Print a step's resolved parameter slice (what its --config receives), e.g. to run it on a machine
     without PyYAML: python -m musicdecomp train-musicslots --config "$(cat cfg.json)" ..."""
@@ -445,31 +473,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_training(sp, "the baseline: vae-kl<weight> (vae-kl0.0 = autoencoder) or cnn")
     sp = add("probe", cmd_probe, "note-property accuracies of a trained run (linear probes; the CNN directly)")
     add_evaluation(sp)
+    def add_codes_training(sp):
+        """The options of a training run on the cached codes (train-composable, train-prior)."""
+        sp.add_argument("--seed", type=int, required=True)
+        sp.add_argument("--codec", required=True, help="results/codec/model.pt (or a codebooks file)")
+        sp.add_argument("--codes-dir", required=True, help="the folder of the cached codes (train.pt, valid.pt)")
+        sp.add_argument("--run-dir", required=True)
+        sp.add_argument("--device", default="auto")
+        sp.add_argument("--threads", type=int, help="CPU threads for torch (CPU runs)")
+        sp.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
+        sp.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms once (CUDA)")
+        sp.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
+        add_time_limit(sp)
+        add_tracking(sp)
+
     sp = add("train-composable", cmd_train_composable,
              "train (or resume) one composable-representations run (a composition operator, or supervised)")
     sp.add_argument("--subset", required=True, help="a stems subset, e.g. drums_bass")
     sp.add_argument("--variant", required=True, help="mean, sum, min, max (decomposition) or supervised")
-    sp.add_argument("--seed", type=int, required=True)
-    sp.add_argument("--codec", required=True, help="results/codec/model.pt")
-    sp.add_argument("--codes-dir", required=True, help="the folder of the cached codes (train.pt, valid.pt)")
-    sp.add_argument("--run-dir", required=True)
-    sp.add_argument("--device", default="auto")
-    sp.add_argument("--threads", type=int, help="CPU threads for torch (CPU runs)")
-    sp.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
-    sp.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms once (CUDA)")
-    sp.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
-    add_time_limit(sp)
-    add_tracking(sp)
+    add_codes_training(sp)
+    def add_test_chunks(sp, run_help: str):
+        """The options of an evaluation of a trained run on the test chunks (eval-composable, eval-generation)."""
+        sp.add_argument("--run-dir", required=True, help=run_help)
+        sp.add_argument("--codec", required=True, help="results/codec/model.pt")
+        sp.add_argument("--codes", required=True, help="the test split's cached codes")
+        sp.add_argument("--index", required=True, help="the test split's stems index")
+        sp.add_argument("--out", required=True)
+        sp.add_argument("--examples-dir", required=True, help="folder for WAV examples")
+        sp.add_argument("--figure", required=True)
+        sp.add_argument("--device", default="auto")
+        add_tracking(sp)
+
     sp = add("eval-composable", cmd_eval_composable, "separate and reconstruct the test chunks with a trained run")
-    sp.add_argument("--run-dir", required=True)
-    sp.add_argument("--codec", required=True)
-    sp.add_argument("--codes", required=True, help="the test split's cached codes")
-    sp.add_argument("--index", required=True, help="the test split's stems index")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--examples-dir", required=True, help="folder for WAV examples")
-    sp.add_argument("--figure", required=True)
-    sp.add_argument("--device", default="auto")
-    add_tracking(sp)
+    add_test_chunks(sp, "the decomposition (or supervised) run's folder")
     sp = add("eval-bss-baselines", cmd_eval_bss_baselines,
              "classic separators, the oracle mask and the mixture on a subset's test chunks")
     sp.add_argument("--subset", required=True)
@@ -483,6 +519,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("composable-tables", cmd_composable_tables, "the composable-representations tables and figures")
     sp.add_argument("--out-dir", required=True)
     sp.add_argument("--figures-dir", required=True)
+    sp = add("train-prior", cmd_train_prior, "train (or resume) the recomposition prior of a decomposition run")
+    sp.add_argument("--subset", required=True)
+    sp.add_argument("--p-mask", required=True, help="the probability of masking each latent, e.g. 0.8")
+    add_codes_training(sp)
+    sp = add("eval-generation", cmd_eval_generation,
+             "generations and variations of a trained prior on the test chunks: FAD and diversity")
+    add_test_chunks(sp, "the prior's run folder")
+    sp = add("generation-tables", cmd_generation_tables, "the prior's tables: FAD of generations, diversity")
+    sp.add_argument("--out-dir", required=True)
     sp = add("config", cmd_config, "print a step's resolved parameter slice as JSON")
     sp.add_argument("name", help="the step, e.g. features or train-musicslots")
     sp.add_argument("--dataset")

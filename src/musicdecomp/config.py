@@ -170,6 +170,22 @@ def _train_schema(prefix: str) -> dict[str, Check]:
     }
 
 
+def _unet_schema(prefix: str) -> dict[str, Check]:
+    """The settings of a 1-D U-Net (musicdecomp.models.unet1d), its levels' channels after the data's."""
+    return {
+        f"{prefix}.channels": _pos_int_list(),
+        f"{prefix}.kernels": _pos_int_list(),
+        f"{prefix}.strides": _pos_int_list(),
+        f"{prefix}.attention": (lambda v: isinstance(v, list) and all(isinstance(x, bool) for x in v),
+                                "a list of true/false, one per level"),
+        f"{prefix}.bottleneck_attention": _bool(),
+        f"{prefix}.emb_dim": _num(2, 4096, integer=True),
+        f"{prefix}.head_dim": _num(1, 4096, integer=True),
+        f"{prefix}.noise_embedding": _choice("sinusoidal", "constant"),
+        f"{prefix}.dropout": _num(0, 0.99),
+    }
+
+
 # Every leaf parameter, by dotted name; '*' matches one level (a dataset name).
 SCHEMA: dict[str, Check] = {
     "data.jsb.source.json_path": _optional(_str()),
@@ -280,16 +296,7 @@ SCHEMA: dict[str, Check] = {
     "composable.subsets": _str_list(),
     "composable.variants": _choice_list("mean", "sum", "min", "max", "supervised"),
     "composable.seeds": _int_list(),
-    "composable.model.unet.channels": _pos_int_list(),
-    "composable.model.unet.kernels": _pos_int_list(),
-    "composable.model.unet.strides": _pos_int_list(),
-    "composable.model.unet.attention": (lambda v: isinstance(v, list) and all(isinstance(x, bool) for x in v),
-                                        "a list of true/false, one per level"),
-    "composable.model.unet.bottleneck_attention": _bool(),
-    "composable.model.unet.emb_dim": _num(2, 4096, integer=True),
-    "composable.model.unet.head_dim": _num(1, 4096, integer=True),
-    "composable.model.unet.noise_embedding": _choice("sinusoidal", "constant"),
-    "composable.model.unet.dropout": _num(0, 0.99),
+    **_unet_schema("composable.model.unet"),
     "composable.model.encoder.channels": _pos_int_list(),
     "composable.model.encoder.kernel_size": _num(1, 31, integer=True),
     "composable.model.latent_norm": _choice("none", "global", "channel"),
@@ -317,6 +324,26 @@ SCHEMA: dict[str, Check] = {
     "composable.eval.n_examples": _num(0, 16, integer=True),
     "composable.baselines.methods": _choice_list("hpss", "repet_sim", "ft2d", "nmf", "rpca"),
     "composable.baselines.nmf_components": _num(1, 256, integer=True),
+    "composable.prior.decomposition": _choice("mean", "sum", "min", "max"),
+    "composable.prior.p_masks": (lambda v: isinstance(v, list) and len(v) > 0 and all(
+        isinstance(x, float) and 0 < x <= 1 for x in v), "a list of floats in (0, 1] (1.0, not 1)"),
+    "composable.prior.mask_scheme": _choice("bernoulli", "uniform"),
+    "composable.prior.variant": _choice("c", "d"),
+    "composable.prior.loss_on": _choice("masked", "all"),
+    "composable.prior.latent_norm": _choice("none", "global", "channel"),
+    **_unet_schema("composable.prior.unet"),
+    **{f"composable.prior.{k}": v for k, v in _train_schema("train").items() if not k.endswith(".steps")},
+    "composable.prior.train.epochs": _num(1, integer=True),
+    "composable.prior.train.optimizer": _choice("adam", "adamw"),
+    "composable.prior.train.weight_decay": _num(0),
+    "composable.prior.train.cosine_steps": _optional(_num(1, integer=True)),
+    "composable.prior.eval.max_chunks": _optional(_num(1, integer=True)),
+    "composable.prior.eval.seed": _num(0, integer=True),
+    "composable.prior.eval.sample_steps": _num(1, 10000, integer=True),
+    "composable.prior.eval.variations": _num(1, 64, integer=True),
+    "composable.prior.eval.batch_size": _num(1, integer=True),
+    "composable.prior.eval.n_examples": _num(1, 16, integer=True),
+    "composable.prior.eval.embedding": _choice("crepe-full", "crepe-tiny", "clap-laion-audio", "clap-laion-music"),
     "tracking.mlflow_uri": _optional(_str()),
     "tracking.experiment": _str(),
     "figures.n_examples": _num(1, 16, integer=True),
@@ -409,6 +436,10 @@ def check_composable(params: dict) -> None:
         if name not in subsets:
             raise UserError(f"composable.subsets names {name!r}, which stems.subsets does not define "
                             f"(defined: {', '.join(subsets)}); add it there or remove it")
+    prior = comp.get("prior", {})
+    if prior.get("loss_on") == "masked" and prior.get("variant") == "d":
+        raise UserError("composable.prior.loss_on: masked needs composable.prior.variant: c (the given latents pass "
+                        "through as the c form's prediction); use loss_on: all with variant d")
     unet = comp.get("model", {}).get("unet", {})
     if {"channels", "kernels", "strides", "attention"} <= unet.keys():
         levels = len(unet["channels"])

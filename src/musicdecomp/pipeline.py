@@ -208,6 +208,21 @@ COMPOSABLE_STAGES = (Stage("", matrix={"subset": "${composable.subsets}", "varia
                            values={"subset": "${item.subset}", "variant": "${item.variant}", "seed": "${item.seed}"},
                            comment="every subset x variant (composition operators, the supervised separator) x seed"),)
 CODEC = "results/codec/model.pt"
+PRIOR_RUN = "results/composable/{subset}/prior-p{pmask}/seed{seed}"
+PRIOR_STAGES = (Stage("", matrix={"subset": "${composable.subsets}", "pmask": "${composable.prior.p_masks}",
+                                  "seed": "${composable.seeds}"},
+                      values={"subset": "${item.subset}", "pmask": "${item.pmask}", "seed": "${item.seed}"},
+                      comment="a recomposition prior per subset x p_mask x seed"),)
+PRIOR_DECOMPOSITION_DVC = "results/composable/${item.subset}/${composable.prior.decomposition}/seed${item.seed}/best.pt"
+
+
+def prior_decomposition(params: dict) -> str:
+    """The decomposition run a prior models (its subset and seed are the prior's wildcards)."""
+    return f"results/composable/{{subset}}/{params['composable']['prior']['decomposition']}/seed{{seed}}/best.pt"
+
+
+def generation_table_inputs(params: dict) -> list[str]:
+    return [f"{sweep.prior_dir(*r)}/generation.json" for r in sweep.prior_runs(params)]
 MS_LOGS = "logs/musicslots/{dataset}/{variant}/seed{seed}"
 BASELINE_LOGS = "logs/baselines/{dataset}/{baseline}/seed{seed}"
 
@@ -357,6 +372,41 @@ STEPS: dict[str, Step] = {s.name: s for s in (
              "logs/composable_tables.log", "--out-dir results/tables --figures-dir {output.figures}",
              dvc_deps=("results/composable",)),),
          resolve=sweep.composable_tables_config, fields=("runs", "subsets", "variants")),
+    # the recomposition prior over z: one per (subset, p_mask, seed), its generations, Tables 4-5
+    Step("train_prior", "musicdecomp.train.prior",
+         ("composable.prior.decomposition", "composable.prior.mask_scheme", "composable.prior.variant",
+          "composable.prior.loss_on", "composable.prior.latent_norm", "composable.prior.unet",
+          "composable.prior.train", "stems.subsets"), (
+        Rule("train_prior", {"decomposition": prior_decomposition, "codec": CODEC,
+                             "train": "results/codec/codes/train.pt", "valid": "results/codec/codes/valid.pt"},
+             {"best": f"{PRIOR_RUN}/best.pt", "summary": f"{PRIOR_RUN}/train.json"},
+             "logs/composable/{subset}/prior-p{pmask}/seed{seed}/train.log",
+             "--subset {subset} --p-mask {pmask} --seed {seed} --codec {input.codec} --codes-dir results/codec/codes "
+             f"--run-dir {PRIOR_RUN}", PRIOR_STAGES, tracked=True, experiment=True, workers="--threads {threads}",
+             dvc_deps=(PRIOR_DECOMPOSITION_DVC, CODEC, "results/codec/codes/train.pt", "results/codec/codes/valid.pt",
+                       EXPERIMENT)),),
+         resolve=sweep.prior_config, per_run=True, fields=("run_name", "subset", "p_mask", "seed", "classes",
+                                                           "decomposition"),
+         sections=(("train", "composable.prior.train"), ("prior.unet", "composable.prior.unet"),
+                   *((f"prior.{k}", f"composable.prior.{k}") for k in ("mask_scheme", "variant", "loss_on",
+                                                                       "latent_norm")))),
+    Step("eval_generation", "musicdecomp.eval.generation", ("composable.prior.eval",), (
+        Rule("eval_generation", {"best": f"{PRIOR_RUN}/best.pt", "summary": f"{PRIOR_RUN}/train.json",
+                                 "decomposition": prior_decomposition, "codec": CODEC,
+                                 "codes": "results/codec/codes/test.pt", "index": "results/stems/jsb/test.json"},
+             {"json": f"{PRIOR_RUN}/generation.json", "figure": f"{PRIOR_RUN}/generation.png",
+              "examples": f"{PRIOR_RUN}/examples/"}, "logs/composable/{subset}/prior-p{pmask}/seed{seed}/eval.log",
+             f"--run-dir {PRIOR_RUN} --codec {{input.codec}} --codes {{input.codes}} --index {{input.index}} "
+             "--out {output.json} --figure {output.figure} --examples-dir {output.examples}", PRIOR_STAGES,
+             tracked=True, dvc_deps=(f"{PRIOR_RUN}/best.pt", f"{PRIOR_RUN}/train.json", PRIOR_DECOMPOSITION_DVC, CODEC,
+                                     "results/codec/codes/test.pt", "results/stems/jsb")),)),
+    Step("generation_tables", "musicdecomp.eval.composable_tables",
+         ("composable.subsets", "composable.seeds", "composable.prior.p_masks"), (
+        Rule("generation_tables", {"evals": generation_table_inputs},
+             {f"{t}_{ext}": f"results/tables/{t}.{ext}" for t in ("composable_generation", "composable_diversity")
+              for ext in ("csv", "md", "tex")}, "logs/generation_tables.log", "--out-dir results/tables",
+             dvc_deps=("results/composable",)),),
+         resolve=sweep.generation_tables_config, fields=("priors",)),
 )}
 
 RULES: dict[str, tuple[Step, Rule]] = {r.name: (s, r) for s in STEPS.values() for r in s.rules}
@@ -450,8 +500,10 @@ def check_slice(cfg: dict, step: str, dataset: str | None = None, variant: str |
     if lacking:
         bad(f"it lacks {', '.join(lacking)}")
     for option, value in (("dataset", dataset), ("variant", variant), ("seed", seed)):
-        key = {"variant": "baseline" if "baseline" in fields else "variant",
+        key = {"variant": "baseline" if "baseline" in fields else "p_mask" if "p_mask" in fields else "variant",
                "dataset": "subset" if "subset" in fields else "dataset"}.get(option, option)
+        if key == "p_mask" and value is not None:
+            value = float(str(value).removeprefix("p"))
         if value is not None and key in fields and str(cfg[key]) != str(value):
             bad(f"it is for {key} {cfg[key]!r}, but the command line says --{option} {value}")
     if spec.check is not None and (problem := spec.check(cfg)):

@@ -171,3 +171,36 @@ def composable_tables_config(params: dict, *_run) -> dict:
     """What the composable tables depend on: the runs and the subsets whose evaluations they read."""
     return {"runs": [list(r) for r in composable_runs(params)], "subsets": list(params["composable"]["subsets"]),
             "variants": list(params["composable"]["variants"])}
+
+
+def prior_runs(params: dict) -> list[tuple[str, float, int]]:
+    """(subset, p_mask, seed) for every recomposition prior `all` trains."""
+    c = params["composable"]
+    return [(s, float(p), seed) for s in c["subsets"] for p in c["prior"]["p_masks"] for seed in c["seeds"]]
+
+
+def prior_dir(subset: str, p_mask: float, seed: int) -> str:
+    return f"results/composable/{subset}/prior-p{float(p_mask)}/seed{seed}"
+
+
+def prior_config(params: dict, subset: str, p_mask: str | float, seed: int) -> dict:
+    """Everything a prior run depends on: its subset's classes, the decomposition variant whose encoder it models,
+    p_mask, the prior's model and training settings."""
+    subsets = params["stems"]["subsets"]
+    if subset not in subsets:
+        raise UserError(f"subset {subset!r} is not defined under stems.subsets (defined: {', '.join(subsets)})")
+    try:
+        p = float(str(p_mask).removeprefix("p"))
+    except ValueError:
+        raise UserError(f"p_mask {p_mask!r} is not a number in (0, 1]") from None
+    if not 0 < p <= 1:
+        raise UserError(f"p_mask {p} is not in (0, 1]")
+    pc = params["composable"]["prior"]
+    return {"run_name": f"composable/{subset}/prior-p{p}/seed{seed}", "subset": subset, "p_mask": p,
+            "seed": int(seed), "classes": list(subsets[subset]), "decomposition": pc["decomposition"],
+            "prior": {k: pc[k] for k in ("mask_scheme", "variant", "loss_on", "latent_norm", "unet")},
+            "train": pc["train"]}
+
+
+def generation_tables_config(params: dict, *_run) -> dict:
+    return {"priors": [list(r) for r in prior_runs(params)]}

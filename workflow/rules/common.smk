@@ -61,7 +61,7 @@ def params(name):
     step, _ = table_rule(name)
 
     def cfg(wildcards):
-        run = wildcards.get("variant") or wildcards.get("baseline")
+        run = wildcards.get("variant") or wildcards.get("baseline") or wildcards.get("pmask")
         return step_params(step.name, wildcards.get("dataset") or wildcards.get("subset"), run, wildcards.get("seed"))
 
     return {"cfg": cfg, "version": code_version(step.name)}
@@ -82,5 +82,6 @@ def data_targets():
 def all_targets():
     return (data_targets() + ["results/tables/table1_musicslots.md", "results/tables/table2_probes.md",
                              "results/stems/jsb/summary.json", "results/tables/codec.md",
-                             "results/tables/composable_separation.md", "results/tables/composable_operators.md"]
+                             "results/tables/composable_separation.md", "results/tables/composable_operators.md",
+                             "results/tables/composable_generation.md", "results/tables/composable_diversity.md"]
             + [f"results/codec/codes/{split}.pt" for split in SPLITS])

@@ -5,6 +5,7 @@
 
 wildcard_constraints:
     subset="|".join(re.escape(s) for s in config["stems"]["subsets"]),
+    pmask=r"\d+\.\d+",
 
 
 rule train_composable:
@@ -44,3 +45,35 @@ rule composable_tables:
     params: **params("composable_tables")
     log: step_log("composable_tables")
     shell: command("composable_tables")
+
+
+# the recomposition prior over z (Tables 4-5): one per subset x p_mask x seed, its generations, the tables
+rule train_prior:
+    input: **inputs("train_prior")
+    output: **outputs("train_prior")
+    params: **params("train_prior")
+    threads: 2
+    resources:
+        gpu=1,
+    log: step_log("train_prior")
+    shell: command("train_prior")
+
+
+rule eval_generation:
+    input: **inputs("eval_generation")
+    output: **outputs("eval_generation")
+    params: **params("eval_generation")
+    threads: 2
+    resources:
+        gpu=1,
+    log: step_log("eval_generation")
+    shell: command("eval_generation")
+
+
+rule generation_tables:
+    input: **inputs("generation_tables")
+    output: **outputs("generation_tables")
+    params: **params("generation_tables")
+    log: step_log("generation_tables")
+    shell: command("generation_tables")
+

@@ -7,6 +7,10 @@
 * ``composable_operators.{csv,md,tex}`` (the paper's Table 3): per subset and composition operator, the latent MSE
   of the reconstructed mixture (per element, and summed over the crop as the paper's code logs it) and its MS-STFT
   distance to the decoded input, with the paper's Table 3 beside it.
+* ``composable_generation.{csv,md,tex}`` and ``composable_diversity.{csv,md,tex}`` (the paper's Tables 4-5), from the
+  prior's generation evaluations (``generation_tables``): FAD of unconditional generations and variations against
+  the test audio and its reconstruction, with the codec's own FAD as the ceiling; the variations' latent MSE and
+  MS-STFT against the true and a random stem.
 * ``figures/separation_<subset>.png``: the first example chunk as every method separates it (spectrograms);
   ``figures/si_sdr_vs_loudness_<subset>.png``: SI-SDR per chunk against the loudness ratio of the sources.
 """
@@ -22,7 +26,7 @@ from musicdecomp.eval.separation import log_spectrogram
 from musicdecomp.eval.tables import paper_numbers
 from musicdecomp.io import atomic_path, read_json, write_text
 from musicdecomp.metrics.separation import METRICS
-from musicdecomp.sweep import composable_dir
+from musicdecomp.sweep import composable_dir, prior_dir
 
 ORDER = ["mixture", "rpca", "repet_sim", "ft2d", "nmf", "hpss", "mean", "sum", "min", "max", "supervised",
          "oracle_irm"]
@@ -242,3 +246,128 @@ def composable_tables(cfg: dict, out_dir: str | Path, figures_dir: str | Path) -
                         figures_dir / f"separation_{subset}.png")
         plot_loudness(subset, methods, base["source_rms_db"], figures_dir / f"si_sdr_vs_loudness_{subset}.png")
     return {"separation": sep, "operators": ops}
+
+
+# --- the prior: generation (Table 4) and diversity (Table 5) ---------------------------------------------------
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def generation_rows(evaluations: list[dict]) -> list[dict]:
+    """One row per set an evaluation generated (or the references it scored), seeds averaged per (subset, p_mask)."""
+    grouped: dict[tuple, list[dict]] = {}
+    for ev in evaluations:
+        grouped.setdefault((ev["subset"], ev["p_mask"]), []).append(ev)
+    rows, references = [], set()
+    for (subset, p_mask), evs in sorted(grouped.items()):
+        for name in evs[0]["fad"]:
+            if name in ("codec", "encoded"):  # the same test chunks for every prior of a subset: once
+                if (subset, name) in references:
+                    continue
+                references.add((subset, name))
+            vals = {ref: [e["fad"][name][ref] for e in evs if e["fad"][name][ref] is not None]
+                    for ref in ("original", "encoded")}
+            rows.append({"subset": subset, "p_mask": p_mask, "set": name, "seeds": len(evs),
+                         "embedding": evs[0]["embedding"]["name"],
+                         **{f"fad_{ref}": float(np.mean(v)) if v else None for ref, v in vals.items()}})
+    return rows
+
+
+def _generation_label(row: dict) -> str:
+    name = row["set"]
+    if name == "codec":
+        return "codec-decoded test audio (the ceiling)"
+    if name == "encoded":
+        return "decomposition model's reconstruction (encoded)"
+    if name == "unconditional":
+        return f"unconditional, p_mask = {row['p_mask']}"
+    return f"{name.removeprefix('regenerated_')} generated given the others, p_mask = {row['p_mask']}"
+
+
+def _paper_generation(row: dict, table4: dict) -> dict | None:
+    name, p = row["set"], row["p_mask"]
+    key = ("unconditional_only" if p == 1.0 else "unconditional_masked") if name == "unconditional" else name
+    return table4["rows"].get(key) if name != "encoded" else None
+
+
+def write_generation(rows: list[dict], paper: dict, out_csv, out_md, out_tex) -> None:
+    t4 = paper["table4"]
+    csv = ["subset,p_mask,set,seeds,embedding,fad_original,fad_encoded,paper_fad_original_lc_a,paper_fad_encoded_lc_a"]
+    md = ["| subset | set | seeds | FAD ↓ vs original | FAD ↓ vs encoded | paper (LC-A / LC-M): vs original | "
+          "vs encoded |", "|---|---|---|---|---|---|---|"]
+    tex = []
+    for r in rows:
+        p = _paper_generation(r, t4)
+        if r["set"] == "codec":
+            p = {"original": [paper["table1"]["fad_lc_a"], paper["table1"]["fad_lc_m"]], "encoded": None}
+        po = " / ".join(map(str, p["original"])) if p and p.get("original") else ""
+        pe = " / ".join(map(str, p["encoded"])) if p and p.get("encoded") else ""
+        csv.append(f"{r['subset']},{r['p_mask']},{r['set']},{r['seeds']},{r['embedding']},{r['fad_original']},"
+                   f"{r['fad_encoded']},{p['original'][0] if p and p.get('original') else ''},"
+                   f"{p['encoded'][0] if p and p.get('encoded') else ''}")
+        md.append(f"| {r['subset']} | {_generation_label(r)} | {r['seeds']} | {_fmt(r['fad_original'])} | "
+                  f"{_fmt(r['fad_encoded'])} | {po} | {pe} |")
+        tex.append(f"{r['subset'].replace('_', chr(92) + '_')} & {_generation_label(r).replace('_', chr(92) + '_')} & "
+                   f"{_fmt(r['fad_original'])} & {_fmt(r['fad_encoded'])} \\\\")
+    emb = rows[0]["embedding"] if rows else ""
+    md += ["", f"FAD with the `{emb}` embedding"
+               + ("" if emb.startswith("clap") else ": a stand-in for the paper's LAION-CLAP, whose weights cannot be "
+                                                     "fetched here, so **not comparable to the paper's FAD**, only "
+                                                     "between the rows of this table")
+               + f". The paper's numbers: {paper['paper']}, {paper['source']}; {paper['caveat']}."]
+    write_text(out_csv, "\n".join(csv) + "\n")
+    write_text(out_md, "\n".join(md) + "\n")
+    write_text(out_tex, _tex("FAD of generations with the recomposition prior (lower is better).",
+                             "tab:composable-generation", ["subset", "set", "vs original", "vs encoded"], tex))
+
+
+def diversity_rows(evaluations: list[dict]) -> list[dict]:
+    rows = []
+    for ev in evaluations:
+        for source, d in ev["diversity"].items():
+            for kind in ("real", "rand"):
+                rows.append({"subset": ev["subset"], "p_mask": ev["p_mask"], "run": ev["run"], "source": source,
+                             "against": kind, **{f"latent_mse_{s}": d["latent_mse"][kind][s] for s in ("mean", "std")},
+                             **{f"ms_stft_{s}": d["ms_stft"][kind][s] for s in ("mean", "std")}})
+    return rows
+
+
+def write_diversity(rows: list[dict], paper: dict, out_csv, out_md, out_tex) -> None:
+    t5 = paper["table5"]["rows"]
+    keys = ["subset", "p_mask", "run", "source", "against", "latent_mse_mean", "latent_mse_std", "ms_stft_mean",
+            "ms_stft_std"]
+    csv = [",".join(keys + ["paper_mse_x1e3", "paper_ms_stft"])]
+    md = ["| subset | run | generated source | against | latent MSE ↓ | MS-STFT | paper: MSE ×10³ | paper: MS-STFT |",
+          "|---|---|---|---|---|---|---|---|"]
+    tex = []
+    for r in rows:
+        p = t5.get(r["source"], {}).get(r["against"], {})
+        csv.append(",".join(str(r[k]) for k in keys) + f",{p.get('mse', [''])[0]},{p.get('ms_stft', [''])[0]}")
+        pm = f"{p['mse'][0]} ({p['mse'][1]})" if p else ""
+        ps = f"{p['ms_stft'][0]} ({p['ms_stft'][1]})" if p else ""
+        against = "the true stem (real)" if r["against"] == "real" else "a random test stem (rand)"
+        md.append(f"| {r['subset']} | {r['run']} | {r['source']} | {against} | "
+                  f"{_cell(r['latent_mse_mean'], r['latent_mse_std'], 4)} | {_cell(r['ms_stft_mean'], r['ms_stft_std'], 2)}"
+                  f" | {pm} | {ps} |")
+        tex.append(f"{r['subset'].replace('_', chr(92) + '_')} & {r['source']} & {r['against']} & "
+                   f"${_cell(r['latent_mse_mean'], r['latent_mse_std'], 4)}$ & "
+                   f"${_cell(r['ms_stft_mean'], r['ms_stft_std'], 2)}$ \\\\")
+    md += ["", "Variations regenerate one source given the others' true latents. Latent MSE on the semantic latents "
+               "z (per element), MS-STFT of the rendered source against the stem's audio; the real rows should sit "
+               f"below the rand rows. The paper's numbers: {paper['paper']}, {paper['source']}; {paper['caveat']}."]
+    write_text(out_csv, "\n".join(csv) + "\n")
+    write_text(out_md, "\n".join(md) + "\n")
+    write_text(out_tex, _tex("Diversity of variations (mean (std)).", "tab:composable-diversity",
+                             ["subset", "source", "against", "latent MSE", "MS-STFT"], tex))
+
+
+def generation_tables(cfg: dict, out_dir: str | Path) -> dict:
+    """Tables 4 and 5 from the generation evaluations of ``cfg``'s prior runs."""
+    evaluations = [read_json(Path(prior_dir(*r)) / "generation.json", "run the eval_generation step")
+                   for r in cfg["priors"]]
+    paper, out_dir = paper_numbers("composable"), Path(out_dir)
+    gen, div = generation_rows(evaluations), diversity_rows(evaluations)
+    write_generation(gen, paper, *(out_dir / f"composable_generation.{e}" for e in ("csv", "md", "tex")))
+    write_diversity(div, paper, *(out_dir / f"composable_diversity.{e}" for e in ("csv", "md", "tex")))
+    return {"generation": gen, "diversity": div}

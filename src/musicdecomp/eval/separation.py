@@ -206,7 +206,7 @@ def evaluate_composable(cfg: dict, run_dir: str | Path, codec_path: str | Path, 
         result["reconstruction"] = {k: summarize({k: np.asarray(v)})[k] for k, v in recon.items()}
         result["per_chunk"]["reconstruction"] = recon
     _write_examples(examples, chunks.classes, chunks.sample_rate, examples_dir)
-    plot_examples(examples, chunks.classes, chunks.sample_rate, figure, f"{run['run_name']} (test)")
+    plot_examples(examples, chunks.classes, figure, f"{run['run_name']} (test)")
     write_json(out_json, result)
     s = result["summary"]["raw"]["all"]
     log.info("%s: SI-SDR %.2f dB, SI-SIR %.2f dB, SI-SAR %.2f dB over %d chunks (raw stems)", run["run_name"],
@@ -331,27 +331,31 @@ def log_spectrogram(x: np.ndarray, n_fft: int = 1024, hop: int = 256) -> np.ndar
     return 20 * np.log10(spec.numpy() + 1e-5)
 
 
-def plot_examples(examples: list[dict], classes: list[str], sample_rate: int, out_png: str | Path,
-                  title: str) -> None:
-    """Rows of spectrograms per example chunk: mixture | true stems | estimates."""
+def plot_spectrogram_grid(rows: list[list[tuple[str, np.ndarray]]], out_png: str | Path, title: str) -> None:
+    """A grid of log spectrograms, a row per list of (panel title, audio)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = max(1, len(examples))
-    cols = 1 + 2 * len(classes)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False)
-    for r, ex in enumerate(examples):
-        panels = [("mixture", ex["mixture"])] + [(f"{c} (true)", s) for c, s in zip(classes, ex["stems"])] + \
-                 [(f"{c} (estimate)", e) for c, e in zip(classes, ex["estimates"])]
+    cols = max(1, max((len(r) for r in rows), default=1))
+    fig, axes = plt.subplots(max(1, len(rows)), cols, figsize=(2.6 * cols, 2.2 * max(1, len(rows))), squeeze=False)
+    for r, panels in enumerate(rows):
         for ax, (name, x) in zip(axes[r], panels):
             ax.imshow(log_spectrogram(x), origin="lower", aspect="auto", vmin=-80, vmax=20, cmap="magma")
-            ax.set_title(name, fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set_title(name, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
+
+
+def plot_examples(examples: list[dict], classes: list[str], out_png: str | Path, title: str) -> None:
+    """Rows of spectrograms per example chunk: mixture | true stems | estimates."""
+    plot_spectrogram_grid([[("mixture", ex["mixture"])] + [(f"{c} (true)", s) for c, s in zip(classes, ex["stems"])]
+                           + [(f"{c} (estimate)", e) for c, e in zip(classes, ex["estimates"])] for ex in examples],
+                          out_png, title)
