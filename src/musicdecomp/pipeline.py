@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import hashlib
 import os
 import re
@@ -49,6 +50,11 @@ class Stage:
     matrix: dict[str, str] | None = None
     values: dict[str, str] = field(default_factory=dict)
     comment: str = ""
+
+
+def matrix(suffix: str = "", comment: str = "", **axes: str) -> Stage:
+    """A DVC matrix stage whose wildcards are its axes, each ``${item.<axis>}``."""
+    return Stage(suffix, matrix=axes, values={a: f"${{item.{a}}}" for a in axes}, comment=comment)
 
 
 @dataclass(frozen=True)
@@ -165,12 +171,10 @@ MUSICSLOTS_STAGES = (  # the sweep of params.yaml as three matrices, the runs mu
           comment="the base model on the single-instrument datasets"),
 )
 PROBE_STAGES = (
-    Stage("", matrix={"dataset": "${musicslots.sweep.datasets}", "variant": "${probe.musicslots_variants}",
-                      "seed": "${musicslots.sweep.seeds}"},
-          values={"dataset": "${item.dataset}", "variant": "${item.variant}", "seed": "${item.seed}"}),
-    Stage("single", matrix={"dataset": "${musicslots.sweep.single_instrument}",
-                            "variant": "${probe.musicslots_variants}", "seed": "${musicslots.sweep.seeds}"},
-          values={"dataset": "${item.dataset}", "variant": "${item.variant}", "seed": "${item.seed}"}),
+    matrix(dataset="${musicslots.sweep.datasets}", variant="${probe.musicslots_variants}",
+           seed="${musicslots.sweep.seeds}"),
+    matrix("single", dataset="${musicslots.sweep.single_instrument}", variant="${probe.musicslots_variants}",
+           seed="${musicslots.sweep.seeds}"),
 )
 BASELINE_STAGES = (
     Stage("vae", matrix={"dataset": "${baselines.datasets}", "kld": "${baselines.vae.kld_weights}",
@@ -203,16 +207,13 @@ def composable_table_inputs(params: dict) -> list[str]:
 
 COMPOSABLE_RUN = "results/composable/{subset}/{variant}/seed{seed}"
 COMPOSABLE_LOGS = "logs/composable/{subset}/{variant}/seed{seed}"
-COMPOSABLE_STAGES = (Stage("", matrix={"subset": "${composable.subsets}", "variant": "${composable.variants}",
-                                       "seed": "${composable.seeds}"},
-                           values={"subset": "${item.subset}", "variant": "${item.variant}", "seed": "${item.seed}"},
-                           comment="every subset x variant (composition operators, the supervised separator) x seed"),)
+COMPOSABLE_STAGES = (matrix(comment="every subset x variant (composition operators, the supervised separator) x seed",
+                            subset="${composable.subsets}", variant="${composable.variants}",
+                            seed="${composable.seeds}"),)
 CODEC = "results/codec/model.pt"
 PRIOR_RUN = "results/composable/{subset}/prior-p{pmask}/seed{seed}"
-PRIOR_STAGES = (Stage("", matrix={"subset": "${composable.subsets}", "pmask": "${composable.prior.p_masks}",
-                                  "seed": "${composable.seeds}"},
-                      values={"subset": "${item.subset}", "pmask": "${item.pmask}", "seed": "${item.seed}"},
-                      comment="a recomposition prior per subset x p_mask x seed"),)
+PRIOR_STAGES = (matrix(comment="a recomposition prior per subset x p_mask x seed", subset="${composable.subsets}",
+                       pmask="${composable.prior.p_masks}", seed="${composable.seeds}"),)
 PRIOR_DECOMPOSITION_DVC = "results/composable/${item.subset}/${composable.prior.decomposition}/seed${item.seed}/best.pt"
 
 
@@ -223,6 +224,8 @@ def prior_decomposition(params: dict) -> str:
 
 def generation_table_inputs(params: dict) -> list[str]:
     return [f"{sweep.prior_dir(*r)}/generation.json" for r in sweep.prior_runs(params)]
+
+
 MS_LOGS = "logs/musicslots/{dataset}/{variant}/seed{seed}"
 BASELINE_LOGS = "logs/baselines/{dataset}/{baseline}/seed{seed}"
 
@@ -534,7 +537,8 @@ def module_file(module: str) -> Path:
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
-def package_imports(module: str) -> set[str]:
+@functools.cache
+def package_imports(module: str) -> frozenset[str]:
     """The package modules ``module`` imports, at its top or inside functions (read from its source)."""
     tree = ast.parse(module_file(module).read_text())
     found = set()
@@ -546,7 +550,7 @@ def package_imports(module: str) -> set[str]:
             for a in node.names:  # ``from musicdecomp import sweep`` imports a module
                 if module_file(f"{node.module}.{a.name}").exists():
                     found.add(f"{node.module}.{a.name}")
-    return {m for m in found if module_file(m).exists()}
+    return frozenset(m for m in found if module_file(m).exists())
 
 
 def code_closure(module: str) -> list[str]:
@@ -579,6 +583,7 @@ def source_hash(source: str) -> str:
 MODULE_DATA = {"musicdecomp.eval.tables": ("eval/paper_numbers.yaml",)}
 
 
+@functools.cache
 def module_hash(module: str) -> str:
     h = source_hash(module_file(module).read_text())
     for name in MODULE_DATA.get(module, ()):
@@ -688,9 +693,8 @@ def rule(name: str) -> tuple[Step, Rule]:
 def snakemake_shell(name: str, tracking: str) -> str:
     """The rule's shell command: the step's entry point with its slice (``params.cfg``) and arguments."""
     step, r = rule(name)
-    args = WILDCARD.sub(lambda m: "{wildcards." + m.group(1) + "}" if m.group(1) != "threads" else "{threads}",
-                        r.args.replace("{input.", "{{input.").replace("{output.", "{{output."))
-    args = args.replace("{{input.", "{input.").replace("{{output.", "{output.")
+    # {input.x} and {output.x} stay as they are (WILDCARD matches no name with a dot)
+    args = WILDCARD.sub(lambda m: "{wildcards." + m.group(1) + "}" if m.group(1) != "threads" else "{threads}", r.args)
     parts = ["{PY} -m musicdecomp", step.command, "--config {params.cfg:q}", args,
              tracking if r.tracked else "", r.workers, "--log {log}"]
     return " ".join(p for p in parts if p)

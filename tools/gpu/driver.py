@@ -122,10 +122,10 @@ def prepare(args) -> None:
         m = COMPOSABLE_RE.match(variant)
         if variant.startswith("composable") and not m:
             sys.exit(f"{variant} is not composable-<subset>-<mean|sum|min|max|supervised>, e.g. composable-drums_bass-mean")
-        run = (["--dataset", m["subset"], "--variant", m["variant"]] if m else ["--dataset", DATASET, "--variant",
+        names = (["--dataset", m["subset"], "--variant", m["variant"]] if m else ["--dataset", DATASET, "--variant",
                                                                                    variant])
         configs[variant] = json.loads(subprocess.check_output(musicdecomp(
-            "config", train_step(variant), *run, "--seed", str(args.seed), *params)))
+            "config", train_step(variant), *names, "--seed", str(args.seed), *params)))
     for variant in args.variants if args.runs else ():
         if (Path(args.runs) / variant / "train.json").exists():
             sys.exit(f"{Path(args.runs) / variant} has finished (train.json): staged, it would train again from step "

@@ -73,16 +73,19 @@ def evaluate_generation(cfg: dict, prior_dir: str | Path, decomposition_dir: str
     sets: dict[str, list[np.ndarray]] = {}
     zs, zvars, ms_real, ms_rand, examples = [], {c: [] for c in classes}, {c: [] for c in classes}, \
         {c: [] for c in classes}, []
-    stems_all = [chunks.audio(k)[0] for k in range(len(chunks.picked))]
-    ks_all = list(range(len(chunks.picked)))
+    n_chunks = len(chunks.picked)
+    ks_all = list(range(n_chunks))
     for start in progress(range(0, len(ks_all), cfg["batch_size"]), desc=f"generate {run['run_name']}",
                           unit="batch"):
         ks = ks_all[start:start + cfg["batch_size"]]
         x = chunks.latents(codec, ks, dev)
         z = model.encode(model.norm(x))
         zs.append(z.cpu())
-        mixtures = np.stack([chunks.audio(k)[1] for k in ks])
-        clips = {"original": mixtures, "codec": decode(x).cpu().numpy(),
+        audio = {k: chunks.audio(k) for k in ks}  # (stems, mixture), read once per chunk
+        # the "random" stem of chunk k (the b-th of its batch): another test chunk's, read only where it is needed
+        others = {k: (k + 1 + b) % n_chunks if n_chunks > 1 else k for b, k in enumerate(ks)}
+        stems = {o: audio[o][0] if o in audio else chunks.audio(o)[0] for o in {*ks, *others.values()}}
+        clips = {"original": np.stack([audio[k][1] for k in ks]), "codec": decode(x).cpu().numpy(),
                  "encoded": render(model, z, variant=variant, steps=steps, generator=gen, sources=False,
                                    decode=decode)["mixture"].cpu().numpy()}
         z_uncond = unconditional(prior, len(ks), frames, steps=steps, generator=gen, device=dev)
@@ -97,9 +100,8 @@ def evaluate_generation(cfg: dict, prior_dir: str | Path, decomposition_dir: str
             clips[f"regenerated_{name}"] = out["mixture"].cpu().numpy()
             src = out["sources"][:, j].cpu().reshape(len(ks), draws, -1)
             for b, k in enumerate(ks):
-                true = torch.from_numpy(stems_all[k][j]).float()
-                other = torch.from_numpy(stems_all[(k + 1 + b) % len(stems_all)][j]).float() \
-                    if len(stems_all) > 1 else true
+                true = torch.from_numpy(stems[k][j]).float()
+                other = torch.from_numpy(stems[others[k]][j]).float()
                 ms_real[name] += ms_stft_distance(src[b], true.expand_as(src[b])).tolist()
                 ms_rand[name] += ms_stft_distance(src[b], other.expand_as(src[b])).tolist()
             if start == 0:

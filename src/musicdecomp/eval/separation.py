@@ -104,11 +104,6 @@ class TestChunks:
                                dim=1)
 
 
-def score(references: np.ndarray, estimates: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """SI metrics (N,) per metric of the estimates matched to the references, and the permutation."""
-    return matched_si_metrics(references, estimates)
-
-
 def _collect(per_chunk: list[dict]) -> dict:
     """Per-chunk scores [{ref: ({metric: (N,)}, perm)}] -> {ref: {metric: (chunks, N) lists}, permutation}."""
     out: dict = {}
@@ -186,7 +181,8 @@ def evaluate_composable(cfg: dict, run_dir: str | Path, codec_path: str | Path, 
             recon["ms_stft"] += ms_stft_distance(torch.from_numpy(rec_audio), torch.from_numpy(input_audio)).tolist()
         for j, k in enumerate(ks):
             stems, mixture = chunks.audio(k)
-            per_chunk.append({"raw": score(stems, est_audio[j]), "decoded": score(ref_decoded[j], est_audio[j])})
+            per_chunk.append({"raw": matched_si_metrics(stems, est_audio[j]),
+                              "decoded": matched_si_metrics(ref_decoded[j], est_audio[j])})
             loud.append(_rms_db(stems).tolist())
             if composed:
                 recon["ms_stft_raw"].append(float(ms_stft_distance(torch.from_numpy(rec_audio[j:j + 1]),
@@ -267,7 +263,8 @@ def evaluate_baselines(cfg: dict, subset: str, codec_path: str | Path, codes_pat
                 stems, mixture = audio[j]
                 loud.append(_rms_db(stems).tolist())
                 for m, est in outs.items():
-                    per_method[m].append({"raw": score(stems, est), "decoded": score(ref_decoded[j], est)})
+                    per_method[m].append({"raw": matched_si_metrics(stems, est),
+                                          "decoded": matched_si_metrics(ref_decoded[j], est)})
                     if k < cfg["n_examples"]:
                         examples[m].append({"chunk": chunks.picked[k], "mixture": mixture, "stems": stems,
                                             "estimates": est[per_method[m][-1]["raw"][1]], "reconstruction": None})
