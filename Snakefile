@@ -17,6 +17,7 @@ include: "workflow/rules/musicslots.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/codec.smk"
 include: "workflow/rules/composable.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

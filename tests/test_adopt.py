@@ -59,7 +59,7 @@ def test_an_adopted_run_is_published_instead_of_trained_and_its_probe_with_it(ti
     assert json.loads((dst / "train.json").read_text()) == summary
     assert summary["data_id"] == json.loads((data / "summary.json").read_text())["source_id"]
     mlflow.set_tracking_uri(tracking["mlflow_uri"])
-    runs = mlflow.search_runs(experiment_names=["adopt"])
+    runs = mlflow.search_runs(experiment_names=["adopt/musicslots"])
     assert len(runs) == 1 and runs.iloc[0]["run_id"] == summary["mlflow_run_id"]
     assert runs.iloc[0]["tags.musicdecomp.adopted_from"] == str(src.resolve())
     assert runs.iloc[0]["tags.model"] == "musicslots" and runs.iloc[0]["status"] == "FINISHED"

@@ -121,7 +121,8 @@ def test_step_slices_hold_only_what_the_step_uses(params):
     assert set(feats) == {"data.mel", "datasets.jsb_single"}
     with pytest.raises(UserError, match="dataset 'nope' is not defined"):
         step_config(params, "features", "nope")
-    assert step_config(params, "eval_musicslots") == {"musicslots.eval": {"iters": None, "amp": "none"}}
+    assert step_config(params, "eval_musicslots") == {"musicslots.eval": {"iters": None, "amp": "none"},
+                                                      "compute.reevaluate": False}
 
 
 def test_yaml_errors_are_one_line(tmp_path):
@@ -250,7 +251,8 @@ def test_check_slice_names_what_is_wrong_and_how_to_mend_it(tiny_params, case, w
     elif case == "slice lacks its run name":
         cfg = _without(train, "run_name")
     elif case == "eval lacks amp":
-        step, run, cfg = "eval_musicslots", (None, None, None), {"musicslots.eval": {"iters": None}}
+        step, run, cfg = "eval_musicslots", (None, None, None), {"musicslots.eval": {"iters": None},
+                                                                 "compute.reevaluate": False}
     elif case == "features lacks the dataset seed":
         step, run = "features", ("jsb_multi", None, None)
         cfg = _without(step_config(p, step, "jsb_multi"), "datasets.jsb_multi", "seed")

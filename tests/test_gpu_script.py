@@ -70,7 +70,7 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
     script("prepare", "--stage", stage, "--params", *params, "--variants", *VARIANTS, cwd=tiny_run)
     configs = json.loads((stage / "configs.json").read_text())
     assert set(configs) == {"features", "eval-musicslots", "probe", *VARIANTS}
-    assert configs["eval-musicslots"] == {"musicslots.eval": {"iters": 3, "amp": "none"}}
+    assert configs["eval-musicslots"] == {"musicslots.eval": {"iters": 3, "amp": "none"}, "compute.reevaluate": False}
     assert configs["softmax-t2-imp_true-k3"]["model"]["mask"] == "softmax"
     assert configs["none-t2-imp_true-k3"]["model"]["dim"] == 16  # the tiny override reached the config
     assert not (stage / "notes.pt").exists() and (stage / "notes.pt.z").exists()  # the notes travel compressed
@@ -108,7 +108,8 @@ def test_time_boxed_runs_are_packed_brought_back_and_continued(tiny_run, tiny_ov
         last = torch.load(back / variant / "ckpt/last.pt", weights_only=True)
         assert last["step"] == stopped_at[variant] and (back / variant / "ckpt/best.pt").exists()
         assert last["compact"] == COMPACT  # brought back compact
-        assert (back / variant / "test.png").read_bytes()[:4] == b"\x89PNG"
+        assert (back / variant / "test_examples.png").read_bytes()[:4] == b"\x89PNG"
+        assert any((back / variant / "test_audio").glob("*.wav"))
 
     # staged with other parameters than it was trained with, it would start over there: refused here, and the
     # stage is left as it was
@@ -216,7 +217,7 @@ def _part(folder, step, best_step, score, *, last=True):
                                                       "best_val_score": score}))
     torch.save({"model": {}, "config": {}, "step": best_step, "val": {"score": score}}, folder / "ckpt/best.pt")
     (folder / "test.json").write_text(json.dumps({"best_step": best_step}))
-    (folder / "test.png").write_bytes(f"figure of step {best_step}".encode())
+    (folder / "test_examples.png").write_bytes(f"figure of step {best_step}".encode())
     if last:
         torch.save({"step": step}, folder / "ckpt/last.pt")
     return folder
@@ -227,7 +228,7 @@ def test_unpack_keeps_the_better_best_checkpoint_across_parts(tmp_path):
     gpu.place_run(_part(tmp_path / "in1/none", step=80, best_step=60, score=0.8), dst)  # continued, worse
     assert read_best(dst / "ckpt/best.pt") == (0.9, 30)
     assert json.loads((dst / "test.json").read_text())["best_step"] == 30
-    assert (dst / "test.png").read_text() == "figure of step 30"
+    assert (dst / "test_examples.png").read_text() == "figure of step 30"
     progress = json.loads((dst / "progress.json").read_text())
     assert (progress["step"], progress["best_step"], progress["best_val_score"]) == (80, 30, 0.9)
     assert torch.load(dst / "ckpt/last.pt", weights_only=True)["step"] == 80
@@ -351,7 +352,7 @@ def test_a_run_finished_in_the_work_folder_is_not_trained_again(tiny_run, tiny_o
     assert not (work / "runs" / VARIANTS[0] / "stale").exists()  # nothing was set aside and retrained
     # brought back and kept, a finished run is not staged again (it would train from step 0 elsewhere)
     kept = tmp_path / "kept" / VARIANTS[0]
-    assert f"adopt-run --from {kept}" in script("unpack", "--from", tmp_path / "out2", "--to", kept.parent,
+    assert f"release-run --from {kept}" in script("unpack", "--from", tmp_path / "out2", "--to", kept.parent,
                                                  cwd=tmp_path)
     refused = call("prepare", "--stage", stage, "--params", REPO / "params.yaml", REPO / "config/tiny.yaml",
                    tiny_override, "--variants", VARIANTS[0], "--runs", kept.parent, cwd=tiny_run)

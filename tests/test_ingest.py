@@ -35,7 +35,7 @@ def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, 
     first = ingest_run(run, tracking, tmp_path / "artifacts")
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
-    found = mlflow.search_runs(experiment_names=["gpu"])
+    found = mlflow.search_runs(experiment_names=["gpu/musicslots"])
     assert list(found["run_id"]) == [first]
     row = found.iloc[0]
     assert row["status"] == "KILLED" and row["tags.mlflow.runName"] == cfg["run_name"]
@@ -54,7 +54,7 @@ def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, 
     test = evaluate_run(run, data, run / "test.json", run / "test.png", device="cpu", audio_dir=run / "test_audio")
     probe = probe_run(step_config(tiny_params, "probe"), run, data, run / "probe.json", device="cpu")  # as on a GPU
     second = ingest_run(run, tracking, tmp_path / "artifacts")
-    found = mlflow.search_runs(experiment_names=["gpu"])
+    found = mlflow.search_runs(experiment_names=["gpu/musicslots"])
     assert list(found["run_id"]) == [second] and second != first
     row = found.iloc[0]
     assert row["status"] == "FINISHED" and row["metrics.test/miou"] == pytest.approx(test["test"]["miou"])
@@ -70,7 +70,7 @@ def test_a_run_without_mlflow_is_ingested_and_replaced_when_continued(tiny_run, 
     # another folder of the same run (another attempt, another machine) is another MLflow run
     shutil.copytree(run, tmp_path / "attempt2")
     third = ingest_run(tmp_path / "attempt2", tracking, tmp_path / "artifacts")
-    assert set(mlflow.search_runs(experiment_names=["gpu"])["run_id"]) == {second, third}
+    assert set(mlflow.search_runs(experiment_names=["gpu/musicslots"])["run_id"]) == {second, third}
 
 
 def test_ingest_errors_name_the_file(tmp_path):

@@ -73,7 +73,7 @@ def test_a_finished_run_whose_publishing_failed_is_published_by_the_next_call(tm
     for name in ("best.pt", "curves.png"):
         assert (tmp_path / "r" / name).stat().st_size > 0
     mlflow.set_tracking_uri(tracking["mlflow_uri"])
-    runs = mlflow.search_runs(experiment_names=["toy"])
+    runs = mlflow.search_runs(experiment_names=["toy/musicslots"])
     assert len(runs) == 1 and runs.iloc[0]["run_id"] == summary["mlflow_run_id"]
     assert runs.iloc[0]["status"] == "FINISHED"
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(summary["mlflow_run_id"])}

@@ -90,7 +90,7 @@ def test_a_step_s_code_is_the_closure_of_its_module():
 
 LAYERS = ["core", "data", "models", "metrics", "train", "eval", "pipeline"]
 CORE = {"musicdecomp", "musicdecomp.errors", "musicdecomp.io", "musicdecomp.logs", "musicdecomp.slurm",
-        "musicdecomp.config", "musicdecomp.sweep", "musicdecomp.device"}
+        "musicdecomp.config", "musicdecomp.sweep", "musicdecomp.device", "musicdecomp.compute"}
 
 
 def layer(module: str) -> int:

@@ -321,7 +321,7 @@ def test_mlflow_run_is_logged_and_continued(tiny_run, tiny_params, tmp_path, mon
     evaluate_run(tmp_path / "r", data, tmp_path / "r/test.json", tmp_path / "r/test.png", device="cpu",
                  tracking=tracking, audio_dir=tmp_path / "r/test_audio")
     mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["test"])
+    runs = mlflow.search_runs(experiment_names=["test/musicslots"])
     assert len(runs) == 1  # the resumed call continued the same run
     run = runs.iloc[0]
     assert run["run_id"] == summary["mlflow_run_id"] and run["status"] == "FINISHED"

@@ -61,8 +61,17 @@ def test_tiny_sweep_trains_every_variant_and_makes_table1(tiny_all, tiny_params)
         assert label in t2
     import mlflow
 
+    from musicdecomp.train.tracking import PARENT_TAG, STUDIES, SWEEP_TAG
+
     mlflow.set_tracking_uri(f"sqlite:///{tiny_all}/results/mlflow/mlflow.db")
-    found = mlflow.search_runs(experiment_names=["musicdecomp"])
+    # one experiment per study, each with its sweep's parent run; every training run is a child of its study's
+    found = mlflow.search_runs(experiment_names=[f"musicdecomp/{s}" for s in STUDIES])
+    parents = found[found[f"tags.{SWEEP_TAG}"].notna()]
+    assert sorted(parents[f"tags.{SWEEP_TAG}"]) == sorted(STUDIES)
+    found = found[found[f"tags.{SWEEP_TAG}"].isna()]
+    parent_of = dict(zip(parents["experiment_id"], parents["run_id"]))
+    assert (found[f"tags.{PARENT_TAG}"] == found["experiment_id"].map(parent_of)).all()
+    assert found["tags.mlflow.source.git.commit"].notna().all() and found["tags.musicdecomp.code_version"].notna().all()
     names = set(found["tags.mlflow.runName"])
     assert {f"{d}/{v}/seed{s}" for d, v, s in runs} <= names
     assert {f"{d}/{b}/seed{s}" for d, b, s in baseline_runs(tiny_params)} <= names

@@ -32,6 +32,34 @@ def _step_cfg(args: argparse.Namespace, step: str) -> dict:
     return cfg
 
 
+def _compute(args) -> dict:
+    """The job's decision (musicdecomp.compute): Snakemake's plan (--plan), else made here from the parameters."""
+    from musicdecomp.train.release import parse_plan
+
+    plan = parse_plan(getattr(args, "plan", None))
+    if plan is not None:
+        return {"plan": plan, "params": None}
+    try:
+        return {"plan": None, "params": load_params(args.params)}
+    except UserError:
+        if args.config is None:
+            raise
+        return {"plan": None, "params": None}  # a slice handed in by hand, no parameter files here: train
+
+
+def _passed_on(step: str, name: str, inputs, json_files=(), figures=(), folders=(), torch_files=()) -> bool:
+    """Write the not-trained record of an input in place of this job's outputs; whether there was one."""
+    from musicdecomp.compute import first_record, label, passed_on, write_records
+
+    record = first_record(*inputs)
+    if record is None:
+        return False
+    record = passed_on(record, step, name)
+    get_logger().warning("%s: not computed, its input was not (%s)", name, label(record))
+    write_records(record, json_files, torch_files, figures, folders)
+    return True
+
+
 def _tracking(args) -> dict | None:
     return {"mlflow_uri": args.tracking_uri, "experiment": args.experiment} if args.tracking_uri else None
 
@@ -76,21 +104,43 @@ def cmd_codec(args):
     from musicdecomp.train.codec import prepare_codec
     return _training_exit(args, prepare_codec(_step_cfg(args, "codec"), args.stems_dir, args.out_dir,
                                               device=args.device, tracking=_tracking(args),
-                                              time_limit=_time_limit(args), code=code_id("codec")))
+                                              time_limit=_time_limit(args), code=code_id("codec"),
+                                              compute=_compute(args)))
 
 
 def cmd_cache_codes(args):
+    from musicdecomp.compute import SKIP, blocked, decide, first_record, label, not_trained, write_records
     from musicdecomp.device import pick_device
     from musicdecomp.models.codes import cache_codes
     from musicdecomp.models.encodec import load_codec
 
+    cfg = _step_cfg(args, "cache_codes")
+    split = os.path.basename(args.index).removesuffix(".json")
+    compute = _compute(args)
+    decision = compute["plan"]
+    if decision is None and compute["params"] is not None:
+        decision = decide("cache_codes", {"split": split}, compute["params"], args.out)
+    if (up := first_record(args.codec)) is not None:
+        record = blocked(up, "cache_codes", f"codes/{split}", decision)
+        get_logger().warning("codes/%s: %s", split, label(record))
+        write_records(record, torch_files=[args.out])
+        return
+    if decision is not None and decision["action"] == SKIP:
+        record = not_trained("cache_codes", f"codes/{split}", decision)
+        get_logger().warning("codes/%s: %s", split, label(record))
+        write_records(record, torch_files=[args.out])
+        return
     model, info = load_codec(args.codec)
-    cache_codes(model, args.index, args.out, batch=_step_cfg(args, "cache_codes")["codec.encode_batch"],
+    cache_codes(model, args.index, args.out, batch=cfg["codec.encode_batch"],
                 device=pick_device(args.device), codec_info=info)
 
 
 def cmd_eval_codec(args):
     from musicdecomp.eval.codec import evaluate_codec
+    if _passed_on("eval_codec", "codec", [args.codec, args.codes], [args.out], [args.figure], [args.audio_dir]):
+        from musicdecomp.eval.tables import not_computed_table
+        not_computed_table([args.codec, args.codes], "codec reconstruction (MS-STFT)", args.table_csv, args.table_md)
+        return
     evaluate_codec(_step_cfg(args, "eval_codec")["codec.eval"], args.codec, args.codes, args.index, args.out,
                    args.table_csv, args.table_md, args.figure, args.audio_dir, device=args.device)
 
@@ -176,27 +226,67 @@ def cmd_train_musicslots(args):
     from musicdecomp.train.musicslots import train_musicslots
     return _training_exit(args, train_musicslots(
         _step_cfg(args, "train_musicslots"), args.data_dir, args.run_dir, device=args.device, tracking=_tracking(args),
-        threads=args.threads, time_limit=_time_limit(args), speed=_speed(args), code=code_id("train_musicslots")))
+        threads=args.threads, time_limit=_time_limit(args), speed=_speed(args), code=code_id("train_musicslots"),
+        compute=_compute(args)))
 
 
 def cmd_eval_musicslots(args):
+    from pathlib import Path
+
     from musicdecomp.eval.musicslots import evaluate_run
-    cfg = _step_cfg(args, "eval_musicslots")["musicslots.eval"]
+    from musicdecomp.train.release import released_evaluation
+
+    slice_ = _step_cfg(args, "eval_musicslots")
+    cfg = slice_["musicslots.eval"]
+    run = Path(args.run_dir)
+    if _passed_on("eval_musicslots", str(run), [run / "train.json"], [args.out], [args.figure] if args.figure else [],
+                  [args.audio_dir] if args.audio_dir else []):
+        return
+    if args.checkpoint is None and args.iters is None and args.limit is None and args.figure and args.audio_dir \
+            and released_evaluation(run, "eval_musicslots", _eval_slice(slice_), _code_version("eval_musicslots"),
+                                    slice_["compute.reevaluate"], {"test.json": args.out, "test_examples.png":
+                                                                   args.figure, "test_audio": args.audio_dir}):
+        from musicdecomp.io import read_json
+        from musicdecomp.train.tracking import log_to_training_run
+
+        test = read_json(args.out, "")["test"]  # into the released run's MLflow run, as an evaluation here would
+        log_to_training_run(run, _tracking(args), {"test/note_mse": test["note_mse"], "test/miou": test["miou"]},
+                            (Path(args.figure), Path(args.audio_dir)))
+        return
     # --iters (a one-off check) wins over musicslots.eval.iters
     iters = args.iters if args.iters is not None else cfg["iters"]
     evaluate_run(args.run_dir, args.data_dir, args.out, args.figure, device=args.device, tracking=_tracking(args),
                  checkpoint=args.checkpoint, iters=iters, limit=args.limit, audio_dir=args.audio_dir, amp=cfg["amp"])
 
 
+def _eval_slice(slice_: dict) -> dict:
+    """An evaluation's slice as a release records it: without compute.reevaluate (not what it computes)."""
+    return {k: v for k, v in slice_.items() if not k.startswith("compute.")}
+
+
+def _code_version(step: str):
+    from musicdecomp.pipeline import code_version
+
+    try:
+        return code_version(step)
+    except UserError:
+        return "unknown"
+
+
 def cmd_train_baseline(args):
     from musicdecomp.train.baselines import train_baseline
     return _training_exit(args, train_baseline(
         _step_cfg(args, "train_baseline"), args.data_dir, args.run_dir, device=args.device, tracking=_tracking(args),
-        threads=args.threads, time_limit=_time_limit(args), speed=_speed(args), code=code_id("train_baseline")))
+        threads=args.threads, time_limit=_time_limit(args), speed=_speed(args), code=code_id("train_baseline"),
+        compute=_compute(args)))
 
 
 def cmd_probe(args):
+    from pathlib import Path
+
     from musicdecomp.eval.probes import probe_run
+    if _passed_on("probe", f"{args.run_dir}/probe", [Path(args.run_dir) / "train.json"], [args.out]):
+        return
     probe_run(_step_cfg(args, "probe"), args.run_dir, args.data_dir, args.out, device=args.device,
               tracking=_tracking(args))
 
@@ -220,11 +310,16 @@ def cmd_train_composable(args):
     return _training_exit(args, train_composable(
         _step_cfg(args, "train_composable"), args.codec, args.codes_dir, args.run_dir, device=args.device,
         tracking=_tracking(args), threads=args.threads, time_limit=_time_limit(args), speed=_speed(args),
-        code=code_id("train_composable")))
+        code=code_id("train_composable"), compute=_compute(args)))
 
 
 def cmd_eval_composable(args):
+    from pathlib import Path
+
     from musicdecomp.eval.separation import evaluate_composable
+    if _passed_on("eval_composable", args.run_dir, [Path(args.run_dir) / "train.json", args.codec, args.codes],
+                  [args.out], [args.figure], [args.examples_dir]):
+        return
     evaluate_composable(_step_cfg(args, "eval_composable")["composable.eval"], args.run_dir, args.codec, args.codes,
                         args.index, args.out, args.examples_dir, args.figure, device=args.device,
                         tracking=_tracking(args))
@@ -232,6 +327,9 @@ def cmd_eval_composable(args):
 
 def cmd_eval_bss_baselines(args):
     from musicdecomp.eval.separation import evaluate_baselines
+    if _passed_on("eval_bss_baselines", f"{args.subset}/baselines", [args.codec, args.codes], [args.out],
+                  folders=[args.examples_dir]):
+        return
     evaluate_baselines(_step_cfg(args, "eval_bss_baselines"), args.subset, args.codec, args.codes, args.index,
                        args.out, args.examples_dir, device=args.device, workers=args.workers)
 
@@ -249,7 +347,7 @@ def cmd_train_prior(args):
     return _training_exit(args, train_prior(
         cfg, composable_dir(cfg["subset"], cfg["decomposition"], cfg["seed"]), args.codec, args.codes_dir,
         args.run_dir, device=args.device, tracking=_tracking(args), threads=args.threads,
-        time_limit=_time_limit(args), speed=_speed(args), code=code_id("train_prior")))
+        time_limit=_time_limit(args), speed=_speed(args), code=code_id("train_prior"), compute=_compute(args)))
 
 
 def cmd_eval_generation(args):
@@ -257,6 +355,9 @@ def cmd_eval_generation(args):
     from musicdecomp.io import read_json
     from musicdecomp.sweep import composable_dir
 
+    if _passed_on("eval_generation", args.run_dir, [f"{args.run_dir}/train.json", args.codec, args.codes],
+                  [args.out], [args.figure], [args.examples_dir]):
+        return
     run = read_json(f"{args.run_dir}/config.json", "train the prior first")
     evaluate_generation(_step_cfg(args, "eval_generation")["composable.prior.eval"], args.run_dir,
                         composable_dir(run["subset"], run["decomposition"], run["seed"]), args.codec, args.codes,
@@ -267,6 +368,11 @@ def cmd_eval_generation(args):
 def cmd_generation_tables(args):
     from musicdecomp.eval.composable_tables import generation_tables
     generation_tables(_step_cfg(args, "generation_tables"), args.out_dir)
+
+
+def cmd_report(args):
+    from musicdecomp.eval.report import build_report
+    build_report(_step_cfg(args, "report")["report"], args.results, args.out)
 
 
 def cmd_config(args):
@@ -319,6 +425,53 @@ def cmd_write_dvc(args):
 
     write_text(args.out, dvc_yaml())
     print(f"{args.out} written")
+
+
+def cmd_release_run(args):
+    """Add a finished run to releases/ (musicdecomp.train.release)."""
+    import subprocess
+    from pathlib import Path
+
+    from musicdecomp.compute import find_release
+    from musicdecomp.io import read_json
+    from musicdecomp.pipeline import code_version
+    from musicdecomp.train.release import release_run
+
+    params = load_params(args.params)
+    src = Path(args.src)
+    run_cfg = read_json(src / "config.json", "give a finished run folder (config.json, train.json, best.pt)")
+    step, run = _run_step(run_cfg)
+    cfg = step_config(params, step, *run) if run else step_config(params, step)
+    if step == "codec":
+        cfg = cfg.get("trained") or {}
+    summary_path = Path("results/data") / str(run[0] if run else "") / "summary.json"
+    data_id = read_json(summary_path, "").get("source_id") if step in ("train_musicslots", "train_baseline") \
+        and summary_path.is_file() else None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    evaluations = {"eval_musicslots": (_eval_slice(step_config(params, "eval_musicslots")),
+                                       code_version("eval_musicslots"))} if step == "train_musicslots" else {}
+    entry = release_run(src, step, cfg, data_id, code_version(step), commit, evaluations=evaluations)
+    assert find_release(step, cfg, code_version(step)) is not None
+    print(f"released {entry['run']} in releases/{entry['path']}; commit releases/ to ship it")
+
+
+def _run_step(run_cfg: dict) -> tuple[str, tuple]:
+    """The training step and run (dataset or subset, variant, seed) of a run folder's config.json."""
+    if {"subset", "p_mask"} <= set(run_cfg):
+        return "train_prior", (run_cfg["subset"], run_cfg["p_mask"], run_cfg["seed"])
+    if {"subset", "variant"} <= set(run_cfg):
+        return "train_composable", (run_cfg["subset"], run_cfg["variant"], run_cfg["seed"])
+    if "baseline" in run_cfg:
+        return "train_baseline", (run_cfg["dataset"], run_cfg["baseline"], run_cfg["seed"])
+    if "variant" in run_cfg:
+        return "train_musicslots", (run_cfg["dataset"], run_cfg["variant"], run_cfg["seed"])
+    if run_cfg.get("run_name") == "codec/trained":
+        return "codec", ()
+    raise UserError("the run folder's config.json is not of a MusicSlots, baseline, codec, composable or prior run")
 
 
 def _positive_int(text: str) -> int:
@@ -380,6 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-dir", required=True)
     sp.add_argument("--workers", type=int, default=0, help="render processes (default 0: one per core)")
 
+    def add_plan(sp):
+        sp.add_argument("--plan", help="the workflow's decision for this job (its code version, then release or skip "
+                                       "when it is not to train; musicdecomp.compute); without it the job decides")
+
     def add_time_limit(sp):
         sp.add_argument("--time-limit", type=_positive_minutes, metavar="MINUTES",
                         help="stop training at a checkpoint after this long and exit with status 75; rerun to "
@@ -393,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stems-dir", required=True, help="folder of the stems' train/valid/test.json")
     sp.add_argument("--out-dir", required=True, help="writes model.pt and codec.json (and trained/ when trained)")
     sp.add_argument("--device", default="auto")
+    add_plan(sp)
     add_time_limit(sp)
     add_tracking(sp)
     sp = add("cache-codes", cmd_cache_codes, "encode one split of the stems (each class, each subset's mix)")
@@ -400,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--index", required=True, help="the split's stems index, e.g. results/stems/jsb/train.json")
     sp.add_argument("--out", required=True)
     sp.add_argument("--device", default="auto")
+    add_plan(sp)
     sp = add("eval-codec", cmd_eval_codec, "codec reconstruction on the test split: MS-STFT table, figure, audio")
     sp.add_argument("--codec", required=True)
     sp.add_argument("--codes", required=True, help="the test split's cached codes")
@@ -446,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--compile", action="store_true",
                         help="compile the model with torch.compile (same results up to rounding; compiling takes a "
                              "while at the first steps)")
+        add_plan(sp)
         add_time_limit(sp)
         add_tracking(sp)
 
@@ -484,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
         sp.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms once (CUDA)")
         sp.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
+        add_plan(sp)
         add_time_limit(sp)
         add_tracking(sp)
 
@@ -528,6 +689,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_test_chunks(sp, "the prior's run folder")
     sp = add("generation-tables", cmd_generation_tables, "the prior's tables: FAD of generations, diversity")
     sp.add_argument("--out-dir", required=True)
+    sp = add("report", cmd_report, "the results report: one static HTML page of every table, figure and example")
+    sp.add_argument("--results", default="results", help="the pipeline's results folder")
+    sp.add_argument("--out", required=True, help="the page, e.g. results/report/index.html")
+    sp = add("release-run", cmd_release_run, "add a finished run (and its evaluation) to releases/")
+    sp.add_argument("--from", dest="src", required=True, metavar="RUN_DIR", help="a finished run folder")
     sp = add("config", cmd_config, "print a step's resolved parameter slice as JSON")
     sp.add_argument("name", help="the step, e.g. features or train-musicslots")
     sp.add_argument("--dataset")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from musicdecomp import sweep
+from musicdecomp.compute import PLANNED, SKIP, TRAIN, decide, minutes
 from musicdecomp.config import _programs, get, validate
 from musicdecomp.data import SPLITS
 from musicdecomp.errors import UserError
@@ -300,7 +301,7 @@ STEPS: dict[str, Step] = {s.name: s for s in (
              workers="--threads {threads}"),),
          per_dataset=True, resolve=sweep.train_config, per_run=True, fields=("run_name", "dataset", "variant", "seed"),
          sections=(("model", "musicslots.model"), ("train", "musicslots.train"))),
-    Step("eval_musicslots", "musicdecomp.eval.musicslots", ("musicslots.eval",), (
+    Step("eval_musicslots", "musicdecomp.eval.musicslots", ("musicslots.eval", "compute.reevaluate"), (
         Rule("eval_musicslots", {"best": f"{MUSICSLOTS_RUN}/best.pt", "summary": f"{MUSICSLOTS_RUN}/train.json",
                                  "test": "results/data/{dataset}/test.pt",
                                  "data_summary": "results/data/{dataset}/summary.json"},
@@ -411,6 +412,14 @@ STEPS: dict[str, Step] = {s.name: s for s in (
              dvc_deps=("results/composable",)),),
          resolve=sweep.generation_tables_config, fields=("priors",)),
 )}
+
+REPORT_TABLES = [f"results/tables/{t}.md" for t in (
+    "table1_musicslots", "table2_probes", "codec", "composable_separation", "composable_operators",
+    "composable_generation", "composable_diversity")]
+STEPS["report"] = Step("report", "musicdecomp.eval.report", ("report",), (
+    Rule("report", {"tables": REPORT_TABLES, "stems": "results/stems/jsb/summary.json"},
+         {"html": "results/report/index.html"}, "logs/report.log", "--results results --out {output.html}",
+         dvc_deps=(*REPORT_TABLES, "results/stems/jsb/summary.json")),))
 
 RULES: dict[str, tuple[Step, Rule]] = {r.name: (s, r) for s in STEPS.values() for r in s.rules}
 
@@ -679,6 +688,73 @@ def write_code_versions(lock: dict, path: str | Path | None = None) -> None:
     write_text(path or REPO_ROOT / CODE_VERSIONS, head + yaml.safe_dump(lock, sort_keys=False))
 
 
+# --- where GPU-scale work runs (musicdecomp.compute) -----------------------------------------------------------
+
+def _job(step: str, params: dict, wildcards: dict) -> tuple[dict, str]:
+    """A planned job's slice and the file that says whether it already ran here."""
+    if step == "cache_codes":
+        return {"split": wildcards["split"]}, f"results/codec/codes/{wildcards['split']}.pt"
+    if step == "codec":
+        return step_config(params, "codec"), "results/codec/trained/train.json"
+    run = (wildcards.get("dataset") or wildcards.get("subset"),
+           wildcards.get("variant") or wildcards.get("baseline") or wildcards.get("pmask"), wildcards.get("seed"))
+    cfg = step_config(params, step, *run)
+    run_dir = {"train_musicslots": sweep.run_dir, "train_baseline": sweep.baseline_dir,
+               "train_composable": sweep.composable_dir, "train_prior": sweep.prior_dir}[step](
+        cfg.get("dataset") or cfg["subset"], cfg.get("variant") or cfg.get("baseline") or cfg["p_mask"], cfg["seed"])
+    return cfg, f"{run_dir}/train.json"
+
+
+def planned_version(params: dict, step: str, wildcards: dict) -> int | str:
+    """What Snakemake records as a job's version: its code version, followed by the action when the job is not to
+    train here (``release``, ``skip``). A job that trains keeps the plain version, so a decision that changes
+    reruns exactly the jobs it concerns, and a run trained here is never planned away."""
+    version = code_version(step)
+    if step not in PLANNED:
+        return version
+    cfg, summary = _job(step, params, wildcards)
+    d = decide(step, cfg, params, summary, version)
+    if d["action"] == TRAIN:
+        return version
+    c = d["cost"]  # what the skipped job's record says (a new estimate rewrites the record, nothing else)
+    return f"{version} {d['action']}" + ("" if d["action"] != SKIP else
+                                         f" gpu_minutes={c['gpu_minutes']:.1f} cpu_minutes={c['cpu_minutes']:.1f} "
+                                         f"gpu_measured={str(c['gpu_measured']).lower()} gpu={str(params['compute']['gpu']).lower()}")
+
+
+def planned_jobs(params: dict) -> list[tuple[str, dict]]:
+    """Every planned job `all` asks for: (step, wildcards)."""
+    jobs: list[tuple[str, dict]] = [("codec", {})] + [("cache_codes", {"split": s}) for s in SPLITS]
+    jobs += [("train_musicslots", {"dataset": d, "variant": v, "seed": str(s)}) for d, v, s in sweep.musicslots_runs(params)]
+    jobs += [("train_baseline", {"dataset": d, "baseline": b, "seed": str(s)}) for d, b, s in sweep.baseline_runs(params)]
+    jobs += [("train_composable", {"subset": a, "variant": v, "seed": str(s)}) for a, v, s in sweep.composable_runs(params)]
+    jobs += [("train_prior", {"subset": a, "pmask": str(p), "seed": str(s)}) for a, p, s in sweep.prior_runs(params)]
+    return jobs
+
+
+def plan_summary(params: dict) -> str | None:
+    """One paragraph on what `all` will not train here and what it would cost; None when everything trains."""
+    counts = {"release": 0, "skip": 0}
+    gpu = 0.0
+    for step, wc in planned_jobs(params):
+        cfg, summary = _job(step, params, wc)
+        d = decide(step, cfg, params, summary, code_version(step))
+        if d["action"] in counts:
+            counts[d["action"]] += 1
+        if d["action"] == "skip":
+            gpu += d["cost"]["gpu_minutes"]
+    if not counts["skip"] and not counts["release"]:
+        return None
+    text = []
+    if counts["release"]:
+        text.append(f"{counts['release']} job(s) use runs the project releases (releases/) instead of training")
+    if counts["skip"]:
+        text.append(f"{counts['skip']} GPU-scale job(s) will not run here (no GPU; compute.gpu: "
+                    f"{str(params['compute']['gpu']).lower()}): {minutes(gpu)} in all. Their table rows say "
+                    f"'not trained here'; run on a GPU machine or through the SLURM profile to train them")
+    return "musicdecomp: " + ". ".join(text) + "."
+
+
 # --- the two workflow tools ----------------------------------------------------------------------------------
 
 WILDCARD = re.compile(r"\{(\w+)\}")
@@ -696,7 +772,8 @@ def snakemake_shell(name: str, tracking: str) -> str:
     # {input.x} and {output.x} stay as they are (WILDCARD matches no name with a dot)
     args = WILDCARD.sub(lambda m: "{wildcards." + m.group(1) + "}" if m.group(1) != "threads" else "{threads}", r.args)
     parts = ["{PY} -m musicdecomp", step.command, "--config {params.cfg:q}", args,
-             tracking if r.tracked else "", r.workers, "--log {log}"]
+             "--plan {params.version:q}" if step.name in PLANNED else "", tracking if r.tracked else "", r.workers,
+             "--log {log}"]
     return " ".join(p for p in parts if p)
 
 

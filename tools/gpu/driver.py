@@ -432,7 +432,8 @@ def run(args) -> None:
             continue  # a baseline's test is its probe; a composable run is evaluated where its stems are
         evals[variant] = subprocess.Popen(musicdecomp(
             "eval-musicslots", "--run-dir", str(run_dir), "--data-dir", str(data_dir), "--out",
-            str(run_dir / "test.json"), "--figure", str(run_dir / "test.png"), "--device", args.device,
+            str(run_dir / "test.json"), "--figure", str(run_dir / "test_examples.png"), "--audio-dir",
+            str(run_dir / "test_audio"), "--device", args.device,
             "--checkpoint", str(ckpt), "--config", json.dumps(eval_cfg), "--log", str(run_dir / "eval.log"),
             *(["--limit", str(args.eval_limit)] if args.eval_limit else [])),
             env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -604,6 +605,8 @@ def unpack(args) -> None:
                 place_run(run_dir, dst / run_dir.name)
 
 
+EVALUATED = ("test.json", "test_examples.png", "test_audio")  # a run's test evaluation, named as eval-musicslots
+# names it in the pipeline, so that a released run ships it (musicdecomp.train.release)
 BEST_FILES = ("ckpt/best.pt", "best.pt")  # a run's best model while it trains, and once it has finished
 
 
@@ -635,9 +638,12 @@ def place_run(new: Path, dst: Path) -> None:
                 for target in [new / n for n in BEST_FILES if (new / n).exists()] or [new / BEST_FILES[0]]:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(old_best, target)
-                for evaluated in ("test.json", "test.png"):  # the test evaluation of the kept checkpoint
-                    (new / evaluated).unlink(missing_ok=True)
-                    if (dst / evaluated).exists():
+                for evaluated in EVALUATED:  # the test evaluation of the kept checkpoint
+                    shutil.rmtree(new / evaluated, ignore_errors=True) if (new / evaluated).is_dir() else (
+                        new / evaluated).unlink(missing_ok=True)
+                    if (dst / evaluated).is_dir():
+                        shutil.copytree(dst / evaluated, new / evaluated)
+                    elif (dst / evaluated).exists():
                         shutil.copyfile(dst / evaluated, new / evaluated)
                 for summary in ("progress.json", "train.json"):
                     if (new / summary).exists():
@@ -653,8 +659,8 @@ def place_run(new: Path, dst: Path) -> None:
     progress = json.loads((dst / "progress.json").read_text())
     print(f"{name} -> {dst} (step {progress['step']} of {progress['steps']})")
     if (dst / "train.json").exists():
-        print(f"{name}: finished; `python -m musicdecomp adopt-run --from {dst}` makes it the pipeline's run "
-              f"(its tables, Snakemake and DVC), see docs/musicslots.md")
+        print(f"{name}: finished; release it (`python -m musicdecomp release-run --from {dst}`: compact weights and "
+              f"its evaluation in releases/, which `all` then uses on any machine), then remove {dst} and commit")
     if not (dst / "ckpt/last.pt").exists() and not (dst / "train.json").exists():
         print(f"{name}: no ckpt/last.pt came back, so this run cannot be continued elsewhere (run with --keep-last)")
 
@@ -713,6 +719,15 @@ def dry_run(args) -> None:
               f"({len(list(out.iterdir()))} files, {size:.1f} MiB to bring back) and unpacked")
 
 
+def released_runs() -> dict[str, str]:
+    """Variant -> device of the seed-0 runs of params.yaml in releases/manifest.yaml (the queue's jobs are those)."""
+    import yaml
+
+    path = ROOT / "releases/manifest.yaml"
+    runs = (yaml.safe_load(path.read_text()) or {}).get("runs") or [] if path.exists() else []
+    return {e["run"].split("/")[-2]: e.get("device") for e in runs if e["run"].endswith("/seed0")}
+
+
 def job_state(job: dict, gpu: str) -> tuple[str, bool]:
     """(where a queue job stands, whether it is done)."""
     if job["kind"] == "cluster":
@@ -724,9 +739,12 @@ def job_state(job: dict, gpu: str) -> tuple[str, bool]:
         done = (ROOT / "benchmarks" / f"{job['record']}_{device_slug(gpu)}.json").exists()
         return ("recorded" if done else f"not recorded for {gpu}"), done
     states = []
+    released = released_runs()
     for variant in job["variants"]:
         run = ROOT / job["runs"] / variant
-        if (run / "train.json").exists():
+        if variant in released:
+            states.append(f"{variant} released ({released[variant]}) finished")
+        elif (run / "train.json").exists():
             states.append(f"{variant} finished" + ("" if (run / "probe.json").exists() or is_composable(variant)
                                                    else ", not probed"))
         elif (run / "ckpt/last.pt").exists():

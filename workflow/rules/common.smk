@@ -8,12 +8,17 @@ import sys
 from musicdecomp.config import to_json, validate
 from musicdecomp.data import SPLITS
 from musicdecomp.errors import UserError
-from musicdecomp.pipeline import code_version, experiment_input, rule as table_rule, snakemake_shell, step_config
+from musicdecomp.pipeline import (experiment_input, plan_summary, planned_version, rule as table_rule,
+                                  snakemake_shell, step_config)
 
 try:
     validate(config)
 except UserError as e:
     raise WorkflowError(f"params: {e}")
+
+# Once, where the workflow is planned: what will not be trained here, and what it would cost.
+if workflow.is_main_process and not workflow.remote_exec and (_plan := plan_summary(config)):
+    print(_plan, file=sys.stderr)
 
 # The interpreter running Snakemake runs the steps too (the project's .venv).
 PY = sys.executable
@@ -64,7 +69,10 @@ def params(name):
         run = wildcards.get("variant") or wildcards.get("baseline") or wildcards.get("pmask")
         return step_params(step.name, wildcards.get("dataset") or wildcards.get("subset"), run, wildcards.get("seed"))
 
-    return {"cfg": cfg, "version": code_version(step.name)}
+    def version(wildcards):  # the code version, and the job's decision when it is not to train here
+        return planned_version(config, step.name, dict(wildcards))
+
+    return {"cfg": cfg, "version": version}
 
 
 def command(name):
@@ -83,5 +91,6 @@ def all_targets():
     return (data_targets() + ["results/tables/table1_musicslots.md", "results/tables/table2_probes.md",
                              "results/stems/jsb/summary.json", "results/tables/codec.md",
                              "results/tables/composable_separation.md", "results/tables/composable_operators.md",
-                             "results/tables/composable_generation.md", "results/tables/composable_diversity.md"]
+                             "results/tables/composable_generation.md", "results/tables/composable_diversity.md",
+                             "results/report/index.html"]
             + [f"results/codec/codes/{split}.pt" for split in SPLITS])

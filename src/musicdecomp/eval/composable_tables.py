@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from musicdecomp.compute import NOT_TRAINED, label, record_in
 from musicdecomp.errors import UserError
 from musicdecomp.eval.separation import log_spectrogram
 from musicdecomp.eval.tables import paper_numbers
@@ -94,6 +95,13 @@ def operator_rows(results: dict) -> list[dict]:
                 row[f"{key}_mean"], row[f"{key}_std"] = _stat(values)
             rows.append(row)
     return rows
+
+
+def note_missing(md: Path, missing: list[tuple[str, dict]]) -> None:
+    """Add to a Markdown table what was not computed here, and what it would cost."""
+    if missing:
+        lines = [f"- {what}: {label(rec)}" for what, rec in missing]
+        write_text(md, md.read_text() + "\nNot computed here (docs/front_door.md):\n\n" + "\n".join(lines) + "\n")
 
 
 def _cell(mean: float, std: float, digits: int = 1) -> str:
@@ -234,15 +242,31 @@ def plot_loudness(subset: str, methods: dict[str, list[dict]], loudness: list, o
 
 def composable_tables(cfg: dict, out_dir: str | Path, figures_dir: str | Path) -> dict:
     """Both tables and the figures, from the evaluations of ``cfg``'s runs and subsets."""
-    results = collect(cfg["runs"], cfg["subsets"])
+    missing, subsets, runs = [], [], []
+    for subset in cfg["subsets"]:
+        rec = record_in(f"results/composable/{subset}/baselines/separation.json")
+        if rec is not None:
+            missing.append((f"{subset}: classic baselines", rec))
+        else:
+            subsets.append(subset)
+    for subset, variant, seed in cfg["runs"]:
+        rec = record_in(Path(composable_dir(subset, variant, seed)) / "separation.json")
+        if rec is not None:
+            missing.append((f"{subset}: {variant}, seed {seed}", rec))
+        elif subset in subsets:
+            runs.append([subset, variant, seed])
+    results = collect(runs, subsets)
     paper = paper_numbers("composable")
     out_dir, figures_dir = Path(out_dir), Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
     sep, ops = separation_rows(results), operator_rows(results)
     write_separation(sep, paper, *(out_dir / f"composable_separation.{e}" for e in ("csv", "md", "tex")))
     write_operators(ops, paper, *(out_dir / f"composable_operators.{e}" for e in ("csv", "md", "tex")))
+    for name in ("composable_separation", "composable_operators"):
+        note_missing(out_dir / f"{name}.md", missing)
     for subset, methods in results.items():
         base = read_json(Path(f"results/composable/{subset}/baselines/separation.json"), "")
-        plot_separation(subset, base["classes"], list(base["methods"]), cfg["runs"],
+        plot_separation(subset, base["classes"], list(base["methods"]), [r for r in runs if r[0] == subset],
                         figures_dir / f"separation_{subset}.png")
         plot_loudness(subset, methods, base["source_rms_db"], figures_dir / f"si_sdr_vs_loudness_{subset}.png")
     return {"separation": sep, "operators": ops}
@@ -364,10 +388,17 @@ def write_diversity(rows: list[dict], paper: dict, out_csv, out_md, out_tex) -> 
 
 def generation_tables(cfg: dict, out_dir: str | Path) -> dict:
     """Tables 4 and 5 from the generation evaluations of ``cfg``'s prior runs."""
-    evaluations = [read_json(Path(prior_dir(*r)) / "generation.json", "run the eval_generation step")
-                   for r in cfg["priors"]]
+    evaluations, missing = [], []
+    for r in cfg["priors"]:
+        ev = read_json(Path(prior_dir(*r)) / "generation.json", "run the eval_generation step")
+        if NOT_TRAINED in ev:
+            missing.append((f"{r[0]}: prior p_mask {r[1]}, seed {r[2]}", ev[NOT_TRAINED]))
+        else:
+            evaluations.append(ev)
     paper, out_dir = paper_numbers("composable"), Path(out_dir)
     gen, div = generation_rows(evaluations), diversity_rows(evaluations)
     write_generation(gen, paper, *(out_dir / f"composable_generation.{e}" for e in ("csv", "md", "tex")))
     write_diversity(div, paper, *(out_dir / f"composable_diversity.{e}" for e in ("csv", "md", "tex")))
+    for name in ("composable_generation", "composable_diversity"):
+        note_missing(out_dir / f"{name}.md", missing)
     return {"generation": gen, "diversity": div}

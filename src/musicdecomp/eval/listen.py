@@ -47,13 +47,26 @@ def dataset_audio_settings(data_dir: str | Path) -> tuple[dict, int]:
         raise UserError(f"{path} has no usable mel / render settings ({type(e).__name__}: {e}); {fix}") from None
 
 
+def write_wav16(path: Path, wave, sample_rate: int) -> None:
+    """A 16-bit PCM WAV file: with soundfile, or with scipy where soundfile is missing (the lent GPU machines have
+    no soundfile; their evaluations ship with released runs)."""
+    try:
+        import soundfile as sf
+    except ImportError:
+        import numpy as np
+        from scipy.io import wavfile
+
+        pcm = np.clip(np.round(np.asarray(wave, dtype=np.float64) * 32767.0), -32768, 32767).astype(np.int16)
+        wavfile.write(path, sample_rate, pcm)
+        return
+    sf.write(path, wave, sample_rate, subtype="PCM_16")
+
+
 def write_decomposition_audio(examples: dict, audio_dir: str | Path, mel: dict, sample_rate: int) -> list[str]:
     """Write ``ex<r>_{chord,recon,slot<s>,note<v>}.wav`` for every example of ``examples`` (what
     ``decompose_examples`` returns) and ``index.json`` saying which note each slot was matched to. One gain
     per example (only lowered, to avoid clipping) keeps the levels of its chord, slots and notes comparable.
     Returns the WAV names."""
-    import soundfile as sf
-
     inverter = MelInverter(mel, sample_rate)
     index: dict = {"sample_rate": sample_rate, "examples": [],
                    "method": f"inverse mel filterbank + Griffin-Lim ({inverter.griffin_lim.n_iter} iterations)"}
@@ -75,7 +88,7 @@ def write_decomposition_audio(examples: dict, audio_dir: str | Path, mel: dict, 
             files = {}
             for (name, (_, what)), wave in zip(signals.items(), audio):
                 file = f"ex{r}_{name}.wav"
-                sf.write(tmp / file, (wave * gain).numpy(), sample_rate, subtype="PCM_16")
+                write_wav16(tmp / file, (wave * gain).numpy(), sample_rate)
                 files[file] = what
                 names.append(file)
             index["examples"].append({"test_index": int(examples["index"][r]), "gain": gain, "files": files})

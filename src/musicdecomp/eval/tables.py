@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from musicdecomp.compute import NOT_TRAINED, label
 from musicdecomp.errors import UserError
 from musicdecomp.io import first_line, read_json, write_text
 from musicdecomp.sweep import VARIANT_FIELDS
@@ -29,6 +30,45 @@ def paper_numbers(paper: str) -> dict:
         raise UserError(f"{PAPER_NUMBERS} has no paper {paper!r} (it has {', '.join(numbers or {}) or 'none'}); "
                         f"add its numbers there, with their source")
     return numbers[paper]
+
+
+def split_records(paths: list[str | Path], fix: str) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]]]:
+    """Read result files; (path, result) of those computed and (path, not-trained record) of the others."""
+    done, not_done = [], []
+    for p in map(Path, paths):
+        d = read_json(p, fix)
+        (not_done if NOT_TRAINED in d else done).append((p, d.get(NOT_TRAINED, d)))
+    return done, not_done
+
+
+def provenance(run_dir: str | Path) -> str:
+    """Where a run's numbers come from: trained here, or the release it was published from."""
+    p = Path(run_dir) / "train.json"
+    if not p.is_file():
+        return "trained here"
+    summary = read_json(p, "")
+    release = (summary.get("adopted") or {}).get("release")
+    if release:
+        return f"released run ({release.get('device')}, {release.get('date')}, commit {release.get('commit')})"
+    if (summary.get("adopted") or {}).get("from"):
+        return f"adopted from {summary['adopted']['from']}"
+    return "trained here"
+
+
+def missing_cell(records: list[dict]) -> str:
+    """One cell for the runs of a row that were not trained here: the label, GPU-minutes summed."""
+    total = {**records[0], "gpu_minutes": sum(r.get("gpu_minutes", 0) for r in records)}
+    return label(total) + (f" for {len(records)} runs" if len(records) > 1 else "")
+
+
+def not_computed_table(inputs: list[str | Path], what: str, out_csv: str | Path, out_md: str | Path) -> None:
+    """A table whose every input was not computed here: says so, and what it would cost."""
+    from musicdecomp.compute import first_record
+
+    record = first_record(*inputs)
+    write_text(out_csv, f"status\n{label(record)}\n")
+    write_text(out_md, f"{what}\n\n{label(record)} (the {record.get('upstream') or record['run']} step; "
+               f"docs/front_door.md)\n")
 
 
 def _fmt(values: list[float], digits: int) -> str:
@@ -81,7 +121,11 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
     if missing:
         raise UserError(f"{len(missing)} evaluation(s) of the sweep are missing, e.g. {missing[0]}; "
                         f"run the eval step for them (snakemake builds them with the table)")
-    runs = [read_json(p, "rerun its eval step (eval-musicslots)") for p in eval_jsons]
+    done, not_done = split_records(eval_jsons, "rerun its eval step (eval-musicslots)")
+    runs = [{**r, "_source": provenance(p.parent)} for p, r in done]
+    skipped: dict[tuple[str, str], list[dict]] = {}
+    for p, rec in not_done:  # results/musicslots/<dataset>/<variant>/seed<s>/test.json
+        skipped.setdefault((p.parts[-4], p.parts[-3]), []).append(rec)
     paper = paper_numbers("musicslots")["table1"]
     # Seeds are averaged only over evaluations of one model: the variant name fixes the mask, stride, implicit
     # differentiation and slot count, but not the rest of the model config (e.g. `attention: official`, an
@@ -101,35 +145,44 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
                      "implicit": m["implicit"], "num_slots": m["num_slots"], "seeds": len(rs),
                      "note_mse_mean": mse_mean, "note_mse_std": mse_std, "miou_mean": iou_mean, "miou_std": iou_std,
                      "test_iters": test_iters, "best_steps": sorted({r["best_step"] for r in rs}),
+                     "source": "; ".join(sorted({r["_source"] for r in rs})),
                      "_mse": mse, "_iou": iou, "_trained_iters": m.get("iters"), "_other": json.loads(other),
                      "_amp": test_amp})
     _label_settings(rows)
     floors = {}  # dataset -> (note MSE, mIoU) of the ground truth as slots, on the largest evaluation of it
     for r in sorted((r for r in runs if "oracle" in r["test"]), key=lambda r: r["test"].get("examples", 0)):
         floors[r["dataset"]] = (r["test"]["oracle"]["note_mse"], r["test"]["oracle"]["miou"])
+    for (dataset, variant), recs in sorted(skipped.items()):
+        m = _variant_fields(variant)
+        rows.append({"dataset": dataset, "variant": variant, **m, "seeds": 0, "note_mse_mean": None,
+                     "note_mse_std": None, "miou_mean": None, "miou_std": None, "test_iters": None, "settings": "",
+                     "best_steps": [], "source": missing_cell(recs), "_mse": [], "_iou": [], "_trained_iters": None,
+                     "_other": {}, "_amp": None})
     header = ["dataset", "variant", "mask", "time_stride", "implicit", "num_slots", "seeds",
-              "note_mse_mean", "note_mse_std", "miou_mean", "miou_std", "test_iters", "settings"]
+              "note_mse_mean", "note_mse_std", "miou_mean", "miou_std", "test_iters", "settings", "source"]
     csv = [",".join(header)]
     for r in rows:
-        csv.append(",".join("" if r[h] is None else str(r[h]) for h in header))
+        csv.append(",".join("" if r[h] is None else _csv_cell(r[h]) for h in header))
     for dataset, (mse, iou) in sorted(floors.items()):
         csv.append(f"{dataset},{FLOOR_ROW},,,,,,{mse},,{iou},,,")
-    csv.append(f"paper (reported; unverified),best,,,,{paper['num_slots']},,{paper['note_mse']},,{paper['miou']},,,")
+    csv.append(f"paper (reported; unverified),best,,,,{paper['num_slots']},,{paper['note_mse']},,{paper['miou']},,,,"
+               f"paper")
     write_text(out_csv, "\n".join(csv) + "\n")
     # rows of one variant that differ in other settings say how, in a column that only such tables have
     setting_col = any(r["settings"] for r in rows)
     extra_head, extra_rule = (" setting |", "---|") if setting_col else ("", "")
-    md = ["| dataset | mask | time stride | implicit | slots |" + extra_head + " seeds | note MSE (dB²) ↓ | mIoU ↑ |",
-          "|---|---|---|---|---|" + extra_rule + "---|---|---|"]
+    md = ["| dataset | mask | time stride | implicit | slots |" + extra_head + " seeds | note MSE (dB²) ↓ | mIoU ↑ "
+          "| source |", "|---|---|---|---|---|" + extra_rule + "---|---|---|---|"]
     pad = " |" if setting_col else ""
     for r in rows:
         cell = f" {r['settings']} |" if setting_col else ""
+        metrics = (f"{_fmt(r['_mse'], 2)} | {_fmt(r['_iou'], 3)}" if r["seeds"] else "— | —")
         md.append(f"| {r['dataset']} | {r['mask']} | {r['time_stride']} | {'yes' if r['implicit'] else 'no'} | "
-                  f"{r['num_slots']} |{cell} {r['seeds']} | {_fmt(r['_mse'], 2)} | {_fmt(r['_iou'], 3)} |")
+                  f"{r['num_slots']} |{cell} {r['seeds']} | {metrics} | {r['source']} |")
     for dataset, (mse, iou) in sorted(floors.items()):
-        md.append(f"| {dataset}: {FLOOR_ROW} | | | | |{pad} | {mse:.2f} | {iou:.3f} |")
+        md.append(f"| {dataset}: {FLOOR_ROW} | | | | |{pad} | {mse:.2f} | {iou:.3f} | |")
     md.append(f"| paper (JSB, best variant; reported, unverified) | | | | {paper['num_slots']} |{pad} | "
-              f"{paper['note_mse']:.2f} | {paper['miou']:.2f} |")
+              f"{paper['note_mse']:.2f} | {paper['miou']:.2f} | paper |")
     floor_note = ("\nThe floor row scores the ground-truth notes themselves as slots: a perfect decomposition is "
                   "not at note MSE 0, because each note's ground truth floors at its own maximum - 80 dB while the "
                   "slots of a chord share one floor (the loudest slot's maximum - 80 dB), as in the official "
@@ -138,6 +191,8 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
     write_text(out_md, "Table 1: unsupervised note discovery on the test split (mean ± std over seeds)\n\n"
                + "\n".join(md) + "\n" + floor_note + (f"\n{iters_note}.\n" if iters_note else ""))
     if out_tex is not None:
+        missing_rows, rows_tex = [r for r in rows if not r["seeds"]], rows
+        rows = [r for r in rows if r["seeds"]]
         low_mse, high_iou = _best(rows, "note_mse_mean", lower=True), _best(rows, "miou_mean", lower=False)
         body = [[_tex_escape(r["dataset"]), r["mask"], str(r["time_stride"]), "yes" if r["implicit"] else "no",
                  str(r["num_slots"])] + ([_tex_escape(r["settings"])] if setting_col else []) + [str(r["seeds"]),
@@ -152,7 +207,10 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
                    + (f"; {_tex_escape(iters_note)}" if iters_note else "") + ").",
                    "tab:musicslots-notes", "llccc" + ("l" if setting_col else "") + "crr",
                    ["dataset", "mask", "time stride", "implicit", "slots"] + (["setting"] if setting_col else [])
-                   + ["seeds", "note MSE (dB$^2$) $\\downarrow$", "mIoU $\\uparrow$"], body, footer)
+                   + ["seeds", "note MSE (dB$^2$) $\\downarrow$", "mIoU $\\uparrow$"], body, footer
+                   + [[f"\\multicolumn{{{span + 2}}}{{l}}{{{_tex_escape(r['dataset'] + ' ' + r['variant'] + ': ' + r['source'])}}}"]
+                      for r in missing_rows])
+        rows = rows_tex
     for r in rows:
         del r["_mse"], r["_iou"], r["_trained_iters"], r["_other"], r["_amp"]
     return rows
@@ -197,6 +255,19 @@ def _test_iters_note(rows: list[dict]) -> str:
     return f"Slot Attention iterations differ from training (musicslots.eval.iters): {pairs}"
 
 
+def _csv_cell(value) -> str:
+    text = str(value)
+    return f'"{text}"' if any(c in text for c in ',"') else text
+
+
+def _variant_fields(variant: str) -> dict:
+    from musicdecomp.sweep import VARIANT_RE
+
+    m = VARIANT_RE.match(variant)
+    return {"mask": m.group(1), "time_stride": int(m.group(2)), "implicit": m.group(3) == "true",
+            "num_slots": int(m.group(4))}
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -209,8 +280,12 @@ def table2(probe_jsons: list[str | Path], out_csv: str | Path, out_md: str | Pat
     if missing:
         raise UserError(f"{len(missing)} probe result(s) are missing, e.g. {missing[0]}; run their probe step")
     groups: dict[tuple[str, str, str], list[dict]] = {}
-    for r in (read_json(p, "rerun its probe step") for p in probe_jsons):
-        groups.setdefault((r["dataset"], r["model"], r["name"]), []).append(r)
+    done, not_done = split_records(probe_jsons, "rerun its probe step")
+    for p, r in done:
+        groups.setdefault((r["dataset"], r["model"], r["name"]), []).append({**r, "_source": provenance(p.parent)})
+    skipped: dict[tuple[str, str], list[dict]] = {}
+    for p, rec in not_done:  # results/<musicslots|baselines>/<dataset>/<name>/seed<s>/probe.json
+        skipped.setdefault((p.parts[-4], p.parts[-3]), []).append(rec)
     order = {"musicslots": 0, "vae": 1, "cnn": 2}
     rows = []
     for (dataset, model, name), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order[kv[0][1]], kv[0][2])):
@@ -221,19 +296,29 @@ def table2(probe_jsons: list[str | Path], out_csv: str | Path, out_md: str | Pat
                         "cnn": "supervised CNN"}.get(model) or (
             "autoencoder, linear probe" if rs[0]["kld_weight"] == 0 else
             f"VAE (KL weight {rs[0]['kld_weight']:g}), linear probe")
+        row["source"] = "; ".join(sorted({r["_source"] for r in rs}))
         rows.append(row)
+    computed = list(rows)
+    for (dataset, name), recs in sorted(skipped.items()):
+        model = "cnn" if name == "cnn" else "vae" if name.startswith("vae-") else "musicslots"
+        rows.append({"dataset": dataset, "model": model, "name": name, "seeds": 0, "label": {
+            "musicslots": f"MusicSlots ({name}), linear probe on slots", "cnn": "supervised CNN"}.get(model, name),
+            **{f"{k}_{s}": None for k in ("pitch", "instrument", "chord") for s in ("mean", "std")},
+            "source": missing_cell(recs)})
     header = ["dataset", "model", "name", "seeds", "pitch_mean", "pitch_std", "instrument_mean", "instrument_std",
-              "chord_mean", "chord_std"]
-    write_text(out_csv, "\n".join([",".join(header)] + [",".join(str(r[h]) for h in header) for r in rows]) + "\n")
-    md = ["| dataset | model | seeds | pitch acc. (%) ↑ | instrument acc. (%) ↑ | chord acc. (%) ↑ |",
-          "|---|---|---|---|---|---|"]
+              "chord_mean", "chord_std", "source"]
+    write_text(out_csv, "\n".join([",".join(header)] + [",".join("" if r[h] is None else _csv_cell(r[h])
+                                                                 for h in header) for r in rows]) + "\n")
+    md = ["| dataset | model | seeds | pitch acc. (%) ↑ | instrument acc. (%) ↑ | chord acc. (%) ↑ | source |",
+          "|---|---|---|---|---|---|---|"]
     for r in rows:
-        cells = [f"{r[f'{k}_mean']:.1f} ± {r[f'{k}_std']:.1f}" if r["seeds"] > 1 else f"{r[f'{k}_mean']:.1f}"
-                 for k in ("pitch", "instrument", "chord")]
-        md.append(f"| {r['dataset']} | {r['label']} | {r['seeds']} | " + " | ".join(cells) + " |")
+        cells = ([f"{r[f'{k}_mean']:.1f} ± {r[f'{k}_std']:.1f}" if r["seeds"] > 1 else f"{r[f'{k}_mean']:.1f}"
+                  for k in ("pitch", "instrument", "chord")] if r["seeds"] else ["—"] * 3)
+        md.append(f"| {r['dataset']} | {r['label']} | {r['seeds']} | " + " | ".join(cells) + f" | {r['source']} |")
     write_text(out_md, "Table 2: note property prediction on the test split, chord-level exact match "
                "(mean ± std over seeds)\n\n" + "\n".join(md) + "\n")
     if out_tex is not None:
+        rows, every = computed, rows
         keys = ("pitch", "instrument", "chord")
         best = {k: _best(rows, f"{k}_mean", lower=False) for k in keys}
         body = [[_tex_escape(r["dataset"]), _tex_escape(r["label"]), str(r["seeds"])]
@@ -242,5 +327,7 @@ def table2(probe_jsons: list[str | Path], out_csv: str | Path, out_md: str | Pat
         _write_tex(out_tex, "Note property prediction on the test split: chord-level exact-match accuracy in \\% "
                    "(mean $\\pm$ std over seeds).", "tab:musicslots-probes", "llcrrr",
                    ["dataset", "model", "seeds", "pitch $\\uparrow$", "instrument $\\uparrow$", "chord $\\uparrow$"],
-                   body)
+                   body, [[f"\\multicolumn{{6}}{{l}}{{{_tex_escape(r['label'] + ': ' + r['source'])}}}"]
+                          for r in every if not r["seeds"]])
+        rows = every
     return rows

@@ -87,6 +87,18 @@ def check_run(src: Path, cfg: dict, data_id: str | None, trust_data: bool, fix: 
     return summary, best
 
 
+def stage_files(src: Path, dst: Path, probe: bool, meta: dict) -> None:
+    """Copy a finished run (and its probe) into ``dst/adopt/`` with ``meta``, for ``adopt_staged``."""
+    shutil.rmtree(dst / ADOPT, ignore_errors=True)
+    with atomic_dir(dst / ADOPT) as tmp:
+        for folder, sub in ((src, tmp), *(((src / "probe", tmp / "probe"),) if probe else ())):
+            sub.mkdir(exist_ok=True)
+            for f in FILES:
+                if (folder / f).is_file():
+                    shutil.copy2(folder / f, sub / f)
+        write_json(tmp / META, meta)
+
+
 def stage_adoption(src: str | Path, params: dict, step_config: Callable, root: str | Path = ".",
                    trust_data: bool = False) -> dict:
     """Check the run folder ``src`` against ``params`` and stage it in its pipeline folder under ``root``.
@@ -137,15 +149,8 @@ def stage_adoption(src: str | Path, params: dict, step_config: Callable, root: s
                         f"or kept (train.json's adopted.from names it)")
     if any((dst / n).exists() for n in RUN_STATE):
         log.warning("%s held a run of its own: moved to %s", dst, set_aside(dst))
-    shutil.rmtree(dst / ADOPT, ignore_errors=True)
-    with atomic_dir(dst / ADOPT) as tmp:
-        for folder, sub in ((src, tmp), *(((src / "probe", tmp / "probe"),) if probe_ok else ())):
-            sub.mkdir(exist_ok=True)
-            for f in FILES:
-                if (folder / f).is_file():
-                    shutil.copy2(folder / f, sub / f)
-        write_json(tmp / META, {"from": str(src.resolve()), "staged": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                "trust_data": trust_data})
+    stage_files(src, dst, probe_ok, {"from": str(src.resolve()), "staged": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                     "trust_data": trust_data})
     log.info("%s staged in %s%s", src, dst / ADOPT, " with its probe" if probe_ok else "")
     return {"run_dir": str(dst), "targets": targets, "probe": probe_ok}
 
@@ -175,13 +180,15 @@ def adopt_staged(run_dir: Path, cfg: dict, model, data_id: str | None, code: dic
     recorded = summary.get("code")
     differs = None if recorded is None or code is None else differing_keys(recorded, code)  # None: not known
     summary = {**summary, "data_id": summary.get("data_id") or data_id,
-               "adopted": {"from": meta["from"], "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "code_differs": differs}}
+               "adopted": {"from": meta["from"], "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "code_differs": differs,
+                           **({"release": meta["release"]} if meta.get("release") else {})}}
     summary.pop("mlflow_run_id", None)  # the run's own (on another machine), not this experiment's
     write_json(run_dir / META, summary["adopted"])  # so that training it here again sets the adopted run aside
     write_json(run_dir / "train.json", summary)
     if tracking and tracking.get("mlflow_uri"):
 
         tags = {**tags, "musicdecomp.adopted_from": meta["from"],
+                **({"musicdecomp.released": meta["release"]["device"]} if meta.get("release") else {}),
                 **({"musicdecomp.adopted_code_differs": ",".join(differs)} if differs else {})}
         summary["mlflow_run_id"] = ingest_run(run_dir, tracking, tags=tags)
         write_json(run_dir / "train.json", summary)

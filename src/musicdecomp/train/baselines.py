@@ -11,6 +11,7 @@ from musicdecomp.device import autocast
 from musicdecomp.metrics.accuracy import grid_level
 from musicdecomp.models.baselines import VAE, SupervisedCNN, multilabel_loss, multilabel_targets
 from musicdecomp.train.loop import prepare, run_training
+from musicdecomp.train.release import gate
 
 
 def build_baseline(cfg: dict, n_pitches: int, n_instruments: int, size=(128, 32)) -> torch.nn.Module:
@@ -49,9 +50,12 @@ def vae_loss(model: VAE, data, device, amp: str, batch_size: int, kld_weight: fl
 
 def train_baseline(cfg: dict, data_dir: str | Path, run_dir: str | Path, device: str = "auto",
                    tracking: dict | None = None, threads: int | None = None, stop_after: int | None = None,
-                   time_limit: float | None = None, speed: dict | None = None, code: dict | None = None) -> dict:
+                   time_limit: float | None = None, speed: dict | None = None, code: dict | None = None,
+                   compute: dict | None = None) -> dict:
     """``cfg``: {run_name, dataset, baseline, seed, kind (vae|cnn), kld_weight, model, train}; ``speed`` and
-    ``code`` as for MusicSlots (musicdecomp.train.loop)."""
+    ``code`` and ``compute`` as for MusicSlots (musicdecomp.train.musicslots)."""
+    if compute is not None and (record := gate("train_baseline", cfg, run_dir, compute, code)) is not None:
+        return {"not_trained": record}
     tc = cfg["train"]
     dev, train, valid = prepare(cfg, data_dir, device, threads)
     n_p, n_i = len(train.pitches), len(train.programs)

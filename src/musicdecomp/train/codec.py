@@ -34,6 +34,7 @@ from musicdecomp.models.encodec import MODEL_FILE, build_encodec
 from musicdecomp.models.encodec_weights import checkpoint_name, find_weights, load_pretrained
 from musicdecomp.train.checkpoints import load_best
 from musicdecomp.train.loop import run_training
+from musicdecomp.train.release import gate
 
 log = get_logger("codec")
 
@@ -142,7 +143,8 @@ def stems_data_id(stems_dir: str | Path) -> str:
     return h.hexdigest()[:16]
 
 def prepare_codec(cfg: dict, stems_dir: str | Path, out_dir: str | Path, device: str = "auto",
-                  tracking: dict | None = None, time_limit: float | None = None, code: dict | None = None) -> dict:
+                  tracking: dict | None = None, time_limit: float | None = None, code: dict | None = None,
+                  compute: dict | None = None) -> dict:
     """Find (pretrained) or train (trained, resumable in ``<out_dir>/trained``) the codec; write
     ``<out_dir>/model.pt`` and ``<out_dir>/codec.json``. Training that stops at ``time_limit`` (seconds) writes
     neither and returns ``{"stopped_at": step}``."""
@@ -153,6 +155,10 @@ def prepare_codec(cfg: dict, stems_dir: str | Path, out_dir: str | Path, device:
         extra: dict = {}
     elif cfg["source"] == "trained":
         run_dir = out_dir / "trained"
+        if compute is not None and (record := gate("codec", cfg, run_dir, compute, code, outputs={
+                "json": [run_dir / "train.json", out_dir / "codec.json"],
+                "torch": [run_dir / "best.pt", out_dir / MODEL_FILE]})) is not None:
+            return {"not_trained": record}
         summary = train_codec(cfg["trained"], stems_dir, run_dir, device=device, tracking=tracking,
                               time_limit=time_limit, code=code)
         if "stopped_at" in summary:

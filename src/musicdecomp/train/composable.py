@@ -28,6 +28,7 @@ from musicdecomp.models.codes import codes_data_id, latent_decoder, subset_laten
 from musicdecomp.models.composable import SUPERVISED, build_model
 from musicdecomp.models.iadb import iadb_loss
 from musicdecomp.train.loop import run_training
+from musicdecomp.train.release import gate
 
 log = get_logger("composable")
 VALID_SEED = 12345  # the validation noise levels and noise: the same at every validation and in every run
@@ -55,9 +56,12 @@ def composable_loss(model, mix: torch.Tensor, sources: torch.Tensor | None, vari
 def train_composable(cfg: dict, codec_path: str | Path, codes_dir: str | Path, run_dir: str | Path,
                      device: str = "auto", tracking: dict | None = None, threads: int | None = None,
                      stop_after: int | None = None, time_limit: float | None = None, speed: dict | None = None,
-                     code: dict | None = None) -> dict:
+                     code: dict | None = None, compute: dict | None = None) -> dict:
     """Train (or resume) one run. ``cfg``: {run_name, subset, variant, seed, classes, model, train}
     (musicdecomp.sweep.composable_config); the rest as ``musicdecomp.train.musicslots.train_musicslots``."""
+    if compute is not None and (record := gate("train_composable", cfg, run_dir, compute, code, upstream=(
+            codec_path, Path(codes_dir) / "train.pt"))) is not None:
+        return {"not_trained": record}
     tc, mc = cfg["train"], cfg["model"]
     dev = pick_device(device)
     if threads and dev.type == "cpu":

@@ -21,11 +21,13 @@ from musicdecomp.io import read_json
 from musicdecomp.logs import get_logger
 from musicdecomp.train.tracking import (
     ensure_experiment,
+    experiment_name,
     flat_params,
     log_artifact_path,
     metric_key,
     plot_curves,
     resume_tags,
+    run_tags,
 )
 
 log = get_logger("ingest")
@@ -33,7 +35,8 @@ log = get_logger("ingest")
 TAG = "musicdecomp.ingested"
 SOURCE_TAG = "musicdecomp.ingested_from"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
-ARTIFACTS = ("best.pt", "ckpt/best.pt", "train.json", "progress.json", "test.json", "test.png", "curves.png",
+ARTIFACTS = ("best.pt", "ckpt/best.pt", "train.json", "progress.json", "test.json", "test.png", "test_examples.png",
+             "curves.png",
              "train.log", "eval.log", "metrics.jsonl", "test_audio",  # test_audio/: eval-musicslots --audio-dir
              "probe.json", "probe.log")
 
@@ -82,7 +85,8 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
                         "mlflow) and ingest again") from None
 
     name = cfg["run_name"]
-    exp_id = ensure_experiment(tracking["mlflow_uri"], tracking["experiment"], artifacts)
+    experiment = experiment_name(tracking["experiment"], name)
+    exp_id = ensure_experiment(tracking["mlflow_uri"], experiment, artifacts)
     client = MlflowClient()
     source = str(run_dir.resolve())
     for old in client.search_runs([exp_id], filter_string=f"tags.`{TAG}` = '{name}'"):
@@ -90,7 +94,11 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
             client.delete_run(old.info.run_id)
             log.info("replacing the MLflow run %s ingested from %s earlier", old.info.run_id, source)
 
-    tags = {**(tags or {}), TAG: name, SOURCE_TAG: source,
+    summary = read_json(run_dir / "train.json", "") if finished else {}
+    recorded = {"musicdecomp.data_id": summary.get("data_id"), "musicdecomp.code_version": (summary.get("code") or {}).get(
+        "version")}
+    tags = {**run_tags(name, client, exp_id), **{k: str(v) for k, v in recorded.items() if v is not None},
+            **(tags or {}), TAG: name, SOURCE_TAG: source,
             "musicdecomp.device": progress.get("device", "unknown"),
             "musicdecomp.speed": ",".join(k for k, on in progress.get("speed", {}).items() if on) or "default"}
     # as the training's own MLflow run has them
@@ -124,5 +132,5 @@ def ingest_run(run_dir: str | Path, tracking: dict, artifacts: str | Path | None
     client.set_terminated(run_id, "FINISHED" if finished else "KILLED")
     steps = progress.get("step", max((int(r["step"]) for r in rows), default=0))
     log.info("%s -> MLflow run %s in experiment %s (%d metric values up to step %d, %s)", run_dir, run_id,
-             tracking["experiment"], len(metrics), steps, "finished" if finished else "not finished")
+             experiment, len(metrics), steps, "finished" if finished else "not finished")
     return run_id

@@ -317,7 +317,9 @@ def run_training(cfg: dict, tc: dict, run_dir: str | Path, model: torch.nn.Modul
             best, best_step = float("-inf"), -1
     if device_auto and device.type == "cpu":
         warn_if_gpu_sized(cfg["run_name"], model, tc["steps"] - step, tc["steps"])
-    tracker = Tracker(run_dir, tracking, cfg["run_name"], cfg, tags or {}, resume_step=step, mlflow_run_id=run_id)
+    tags = {**(tags or {}), **({"musicdecomp.data_id": data_id} if data_id else {}),
+            **({"musicdecomp.code_version": str(code["version"])} if code and "version" in code else {})}
+    tracker = Tracker(run_dir, tracking, cfg["run_name"], cfg, tags, resume_step=step, mlflow_run_id=run_id)
     write_json(run_dir / "config.json", cfg)
     t_start = t_ckpt = time.perf_counter()
     steps_here = 0

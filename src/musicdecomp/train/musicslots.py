@@ -13,15 +13,20 @@ import torch
 from musicdecomp.metrics.musicslots import evaluate
 from musicdecomp.models.musicslots import build_model
 from musicdecomp.train.loop import prepare, run_training
+from musicdecomp.train.release import gate
 
 
 def train_musicslots(cfg: dict, data_dir: str | Path, run_dir: str | Path, device: str = "auto",
                      tracking: dict | None = None, threads: int | None = None, stop_after: int | None = None,
-                     time_limit: float | None = None, speed: dict | None = None, code: dict | None = None) -> dict:
+                     time_limit: float | None = None, speed: dict | None = None, code: dict | None = None,
+                     compute: dict | None = None) -> dict:
     """Train (or resume) one run. ``cfg``: {run_name, dataset, variant, seed, model, train}
     (musicdecomp.sweep.train_config); ``tracking``: {mlflow_uri, experiment} or None (metrics.jsonl only);
     ``speed``: {channels_last, cudnn_benchmark} (musicdecomp.train.loop); ``code``: what trains it (recorded in its
-    checkpoints, see musicdecomp.train.loop.run_training)."""
+    checkpoints, see musicdecomp.train.loop.run_training); ``compute``: the job's decision (musicdecomp.train.release.gate;
+    None: train)."""
+    if compute is not None and (record := gate("train_musicslots", cfg, run_dir, compute, code)) is not None:
+        return {"not_trained": record}
     tc = cfg["train"]
     dev, train, valid = prepare(cfg, data_dir, device, threads)
     model = build_model(cfg["model"], tuple(train.chord_db.shape[-2:])).to(dev)

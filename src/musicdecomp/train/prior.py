@@ -23,6 +23,7 @@ from musicdecomp.models.prior import build_prior, sample_masks
 from musicdecomp.train.checkpoints import load_best
 from musicdecomp.train.composable import VALID_SEED, crop
 from musicdecomp.train.loop import run_training
+from musicdecomp.train.release import gate
 
 log = get_logger("prior")
 
@@ -53,9 +54,12 @@ def encode(model, mix: torch.Tensor, offset: torch.Tensor, frames: int) -> torch
 def train_prior(cfg: dict, decomposition_dir: str | Path, codec_path: str | Path, codes_dir: str | Path,
                 run_dir: str | Path, device: str = "auto", tracking: dict | None = None, threads: int | None = None,
                 stop_after: int | None = None, time_limit: float | None = None, speed: dict | None = None,
-                code: dict | None = None) -> dict:
+                code: dict | None = None, compute: dict | None = None) -> dict:
     """Train (or resume) one prior. ``cfg``: {run_name, subset, p_mask, seed, classes, decomposition, prior, train}
     (musicdecomp.sweep.prior_config); ``decomposition_dir``: the trained decomposition run whose encoder it models."""
+    if compute is not None and (record := gate("train_prior", cfg, run_dir, compute, code, upstream=(
+            Path(decomposition_dir) / "best.pt", codec_path, Path(codes_dir) / "train.pt"))) is not None:
+        return {"not_trained": record}
     pc, tc = cfg["prior"], cfg["train"]
     dev = pick_device(device)
     if threads and dev.type == "cpu":

@@ -1,13 +1,23 @@
 """Run tracking: every metric goes to ``metrics.jsonl`` in the run folder, and to MLflow when a tracking
-URI is configured and mlflow is installed. A resumed run continues the same MLflow run."""
+URI is configured and mlflow is installed. A resumed run continues the same MLflow run.
+
+MLflow holds one experiment per study, ``<tracking.experiment>/<study>`` (``musicslots``, ``baselines``, ``codec``,
+``composable``; a run's study follows from its name, ``study_of``), each with a parent run (its sweep: the runs
+the parameters ask for) under which every training run of the study is a child run. A run carries its resolved
+parameters, its code version, data id and git commit as tags, its metrics at every logged step, and its figures
+and audio as artifacts (the evaluation steps add theirs to the training's run).
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import subprocess
 from pathlib import Path
 
 from musicdecomp.io import atomic_path, ensure_parent, write_json
 from musicdecomp.logs import get_logger
+from musicdecomp.sweep import is_baseline
 
 log = get_logger("tracking")
 
@@ -25,6 +35,56 @@ def flat_params(d: dict, prefix: str = "") -> dict[str, str]:
 def metric_key(name: str) -> str:
     """A metric name as MLflow accepts it ("@" is not allowed)."""
     return name.replace("@", "_at_")
+
+
+STUDIES = ("musicslots", "baselines", "codec", "composable")
+SWEEP_TAG = "musicdecomp.sweep"  # on a study's parent run: the study
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a child run under it
+
+
+def study_of(run_name: str) -> str:
+    """The study a run belongs to, from its name (a probe belongs to its run's study)."""
+    if run_name.startswith("codec/"):
+        return "codec"
+    if run_name.startswith("composable/"):
+        return "composable"
+    parts = run_name.split("/")
+    return "baselines" if len(parts) > 1 and is_baseline(parts[1]) else "musicslots"
+
+
+def experiment_name(prefix: str, run_name_or_study: str) -> str:
+    """``<prefix>/<study>``, the MLflow experiment of a run (or of a study)."""
+    study = run_name_or_study if run_name_or_study in STUDIES else study_of(run_name_or_study)
+    return f"{prefix}/{study}"
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The repository's commit, recorded on every run (None outside a git checkout)."""
+    from pathlib import Path as _P
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=_P(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def parent_run(client, exp_id: str, study: str) -> str | None:
+    """The id of the study's parent run in ``exp_id`` (mlflow-init creates it), or None."""
+    found = client.search_runs([exp_id], filter_string=f"tags.`{SWEEP_TAG}` = '{study}'", max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def run_tags(run_name: str, client, exp_id: str) -> dict[str, str]:
+    """The tags every run of a study gets: its parent run, the git commit."""
+    tags = {}
+    parent = parent_run(client, exp_id, study_of(run_name))
+    if parent:
+        tags[PARENT_TAG] = parent
+    if git_commit():
+        tags["mlflow.source.git.commit"] = git_commit()
+    return tags
 
 
 def resume_tags(code_changes: list[dict], compact_resumes: list[int] = ()) -> dict[str, str]:
@@ -58,11 +118,12 @@ class Tracker:
                 log.warning("mlflow is not installed: metrics go to %s only (log them later: musicdecomp ingest-run "
                             "--run-dir %s)", self.path, self.path.parent)
             else:
-                exp_id = ensure_experiment(tracking["mlflow_uri"], tracking["experiment"])
+                exp_id = ensure_experiment(tracking["mlflow_uri"], experiment_name(tracking["experiment"], run_name))
                 if mlflow_run_id:
                     run = mlflow.start_run(run_id=mlflow_run_id)
                     mlflow.set_tags(tags)  # e.g. a code change recorded at this resume
                 else:
+                    tags = {**run_tags(run_name, mlflow.tracking.MlflowClient(), exp_id), **tags}
                     run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
                     mlflow.log_params(flat_params(params))
                 self.mlflow, self.run_id = mlflow, run.info.run_id
@@ -143,14 +204,29 @@ def ensure_experiment(uri: str, experiment: str, artifacts: str | Path | None = 
         experiment, artifact_location=None if artifacts is None else Path(artifacts).resolve().as_uri())
 
 
-def init_experiment(uri: str, experiment: str, artifacts: str | Path | None, out: str | Path) -> str:
-    """Create the MLflow database and experiment once, before parallel training jobs (SQLite's schema
-    creation is not safe under concurrent first use)."""
+def init_experiment(uri: str, experiment: str, artifacts: str | Path | None, out: str | Path) -> dict:
+    """Create the MLflow database, one experiment per study and each study's parent run once, before parallel
+    training jobs (SQLite's schema creation is not safe under concurrent first use, and one parent per study
+    needs one creator)."""
+    from mlflow.tracking import MlflowClient
 
-    exp_id = ensure_experiment(uri, experiment, artifacts)
-    write_json(out, {"tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id})
-    log.info("MLflow experiment %s (id %s) at %s", experiment, exp_id, uri)
-    return exp_id
+    experiments, parents = {}, {}
+    for study in STUDIES:
+        name = experiment_name(experiment, study)
+        exp_id = experiments[study] = ensure_experiment(uri, name, artifacts)
+        client = MlflowClient()
+        parents[study] = parent_run(client, exp_id, study)
+        if parents[study] is None:
+            tags = {SWEEP_TAG: study, **({"mlflow.source.git.commit": git_commit()} if git_commit() else {}),
+                    "mlflow.note.content": f"The {study} runs of the pipeline's parameters (params.yaml and its "
+                                           f"overrides): each is a child run of this one."}
+            run = client.create_run(exp_id, run_name=f"{study} sweep", tags=tags)
+            client.set_terminated(run.info.run_id, "FINISHED")
+            parents[study] = run.info.run_id
+    write_json(out, {"tracking_uri": uri, "experiment": experiment, "experiments": experiments, "parents": parents})
+    log.info("MLflow experiments %s at %s", ", ".join(experiment_name(experiment, s) for s in STUDIES), uri)
+    return experiments
+
 
 def plot_curves(metrics_jsonl: Path, out_png: Path, title: str) -> None:
     """Training loss and every validation metric against steps."""
