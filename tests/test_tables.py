@@ -38,7 +38,7 @@ def test_table1_shows_the_numbers_of_the_file(tmp_path, monkeypatch):
     table1(one_evaluation(tmp_path), tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.tex")
     assert "| paper (JSB, best variant; reported, unverified) | | | | 7 | | 13.47 | 0.91 |" in (
         tmp_path / "t.md").read_text()  # as before the numbers moved to the file
-    assert (tmp_path / "t.csv").read_text().splitlines()[-1] == "paper (reported; unverified),best,,,,7,,13.47,,0.91,,,"
+    assert (tmp_path / "t.csv").read_text().splitlines()[-1] == "paper (reported; unverified),best,,,,7,,13.47,,0.91,,,,paper"
     other = yaml.safe_load(tables.PAPER_NUMBERS.read_text())
     other["musicslots"]["table1"].update(note_mse=12.34, miou=0.87)
     (tmp_path / "numbers.yaml").write_text(yaml.safe_dump(other))
@@ -47,4 +47,4 @@ def test_table1_shows_the_numbers_of_the_file(tmp_path, monkeypatch):
     md, tex = (tmp_path / "t.md").read_text(), (tmp_path / "t.tex").read_text()
     assert "| 12.34 | 0.87 |" in md and "13.47" not in md
     assert "$12.34$ & $0.87$" in tex and "13.47" not in tex
-    assert (tmp_path / "t.csv").read_text().splitlines()[-1] == "paper (reported; unverified),best,,,,7,,12.34,,0.87,,,"
+    assert (tmp_path / "t.csv").read_text().splitlines()[-1] == "paper (reported; unverified),best,,,,7,,12.34,,0.87,,,,paper"

@@ -440,8 +440,8 @@ def test_table1_aggregates_seeds(tmp_path):
     assert "| jsb_multi: ground-truth notes as slots (the metrics' floor) | | | | | | 9.41 | 0.999 |" in md
     csv = (tmp_path / "t.csv").read_text().splitlines()
     assert csv[0].startswith("dataset,variant,mask") and len(csv) == 1 + 2 + 2  # header, variants, floor, paper
-    assert csv[3] == "jsb_multi,ground-truth notes as slots (the metrics' floor),,,,,,9.4071,,0.9989,,,"
-    assert csv[0].endswith(",test_iters,settings") and all(line.count(",") == 12 for line in csv)
+    assert csv[3] == "jsb_multi,ground-truth notes as slots (the metrics' floor),,,,,,9.4071,,0.9989,,,,"
+    assert csv[0].endswith(",test_iters,settings,source") and all(line.count(",") == 13 for line in csv)
     assert "| setting |" not in md  # one row per variant: nothing to tell apart
     assert "iterations differ" not in md  # evaluated as trained (or not recorded: older evaluations)
     tex = (tmp_path / "t.tex").read_text().splitlines()
@@ -461,7 +461,7 @@ def test_table1_aggregates_seeds(tmp_path):
                                                                        ("softmax", None, 1)]
     assert ("Slot Attention iterations differ from training (musicslots.eval.iters): 5 at test time, 3 in "
             "training.") in (tmp_path / "t.md").read_text()
-    assert (tmp_path / "t.csv").read_text().splitlines()[2].endswith(",8.0,0.0,0.95,0.0,5,5 test iterations")
+    assert (tmp_path / "t.csv").read_text().splitlines()[2].endswith(",8.0,0.0,0.95,0.0,5,5 test iterations,trained here")
     assert "5 at test time, 3 in training)." in (tmp_path / "t.tex").read_text()
     md = (tmp_path / "t.md").read_text()  # the two rows of the variant no longer look alike
     assert "| jsb_multi | none | 1 | yes | 7 | 3 test iterations | 2 | 12.00 ± 2.83 | 0.850 ± 0.071 |" in md

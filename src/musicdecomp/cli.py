@@ -288,7 +288,7 @@ def cmd_probe(args):
     if _passed_on("probe", f"{args.run_dir}/probe", [Path(args.run_dir) / "train.json"], [args.out]):
         return
     probe_run(_step_cfg(args, "probe"), args.run_dir, args.data_dir, args.out, device=args.device,
-              tracking=_tracking(args))
+              tracking=_tracking(args), code=code_id("probe"))
 
 
 def cmd_tables(args):

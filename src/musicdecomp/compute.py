@@ -192,7 +192,7 @@ def decide(step: str, cfg: dict, params: dict, summary: str | Path | None = None
 def minutes(value: float) -> str:
     """GPU-minutes for people: 'about 3 GPU-minutes', 'about 2,599 GPU-minutes (43 h)' (at least 1)."""
     m = max(1, math.ceil(value))
-    return f"about {m:,} GPU-minutes" + (f" ({m / 60:.0f} h)" if m >= 120 else "")
+    return f"about {m:,} GPU-minute{'s' if m > 1 else ''}" + (f" ({m / 60:.0f} h)" if m >= 120 else "")
 
 
 def not_trained(step: str, name: str, decision: dict, needs: str | None = None) -> dict:

@@ -56,7 +56,8 @@ def vae_features(model, data, device, amp: str, batch_size: int) -> dict[str, to
 
 
 def train_probe(cfg: dict, feats: dict[str, dict], probe_dir: Path, device, kind: str, n_p: int, n_i: int,
-                tracking: dict | None, data_id: str | None = None, device_auto: bool = False) -> torch.nn.Module:
+                tracking: dict | None, data_id: str | None = None, device_auto: bool = False,
+                code: dict | None = None) -> torch.nn.Module:
     """Fit a linear probe on the train features; ``kind`` "notes" (per-note heads) or "grid" (multi-label).
     ``data_id`` names what the features come from (the dataset and the frozen model); ``device_auto``: ``device`` was
     chosen by ``device: auto`` (musicdecomp.train.loop)."""
@@ -82,7 +83,8 @@ def train_probe(cfg: dict, feats: dict[str, dict], probe_dir: Path, device, kind
         return {"score": acc["chord"], **{f"acc_{k}": v for k, v in acc.items()}}
 
     run_training(cfg, tc, probe_dir, probe, device, sample, loss, validate, tracking,
-                 {"model": f"probe-{kind}", "seed": str(cfg["seed"])}, data_id=data_id, device_auto=device_auto)
+                 {"model": f"probe-{kind}", "seed": str(cfg["seed"])}, data_id=data_id, device_auto=device_auto,
+                 code=code)
     probe.load_state_dict(load_best(probe_dir)["model"])
     return probe
 
@@ -96,7 +98,7 @@ def score(probe, f: dict, kind: str, n_p: int, n_i: int) -> dict[str, float]:
 
 
 def probe_run(probe_cfg: dict, run_dir: str | Path, data_dir: str | Path, out_json: str | Path,
-              device: str = "auto", tracking: dict | None = None) -> dict:
+              device: str = "auto", tracking: dict | None = None, code: dict | None = None) -> dict:
     """Probe (or, for the supervised CNN, test) one trained run; writes test accuracies to ``out_json``."""
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     dev = pick_device(device)
@@ -128,7 +130,7 @@ def probe_run(probe_cfg: dict, run_dir: str | Path, data_dir: str | Path, out_js
         # the features are the frozen model's: a probe checkpoint of another model (or data) is not continued
         data_id = f"{data['train'].source_id}/{sha256_of(run_dir / 'best.pt')[:16]}"
         probe = train_probe(pcfg, feats, run_dir / "probe", dev, probe_kind, n_p, n_i, tracking, data_id,
-                            device_auto=device == "auto")
+                            device_auto=device == "auto", code=code)
         probe.eval()
         acc = score(probe, feats["test"], probe_kind, n_p, n_i)
     name = cfg["variant"] if kind == "musicslots" else cfg["baseline"]

@@ -55,9 +55,12 @@ def provenance(run_dir: str | Path) -> str:
     return "trained here"
 
 
-def missing_cell(records: list[dict]) -> str:
-    """One cell for the runs of a row that were not trained here: the label, GPU-minutes summed."""
+def missing_cell(records: list[dict], row: str) -> str:
+    """One cell for the runs of a row that were not trained here: the label, GPU-minutes summed. A row's own
+    training runs (named ``<row>/seed<s>``) are not named again; a run they need (the codec) is."""
     total = {**records[0], "gpu_minutes": sum(r.get("gpu_minutes", 0) for r in records)}
+    if str(total.get("upstream", "")).startswith(f"{row}/seed"):
+        total.pop("upstream")
     return label(total) + (f" for {len(records)} runs" if len(records) > 1 else "")
 
 
@@ -156,7 +159,8 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
         m = _variant_fields(variant)
         rows.append({"dataset": dataset, "variant": variant, **m, "seeds": 0, "note_mse_mean": None,
                      "note_mse_std": None, "miou_mean": None, "miou_std": None, "test_iters": None, "settings": "",
-                     "best_steps": [], "source": missing_cell(recs), "_mse": [], "_iou": [], "_trained_iters": None,
+                     "best_steps": [], "source": missing_cell(recs, f"{dataset}/{variant}"), "_mse": [], "_iou": [],
+                     "_trained_iters": None,
                      "_other": {}, "_amp": None})
     header = ["dataset", "variant", "mask", "time_stride", "implicit", "num_slots", "seeds",
               "note_mse_mean", "note_mse_std", "miou_mean", "miou_std", "test_iters", "settings", "source"]
@@ -164,7 +168,7 @@ def table1(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path
     for r in rows:
         csv.append(",".join("" if r[h] is None else _csv_cell(r[h]) for h in header))
     for dataset, (mse, iou) in sorted(floors.items()):
-        csv.append(f"{dataset},{FLOOR_ROW},,,,,,{mse},,{iou},,,")
+        csv.append(f"{dataset},{FLOOR_ROW},,,,,,{mse},,{iou},,,,")
     csv.append(f"paper (reported; unverified),best,,,,{paper['num_slots']},,{paper['note_mse']},,{paper['miou']},,,,"
                f"paper")
     write_text(out_csv, "\n".join(csv) + "\n")
@@ -304,7 +308,7 @@ def table2(probe_jsons: list[str | Path], out_csv: str | Path, out_md: str | Pat
         rows.append({"dataset": dataset, "model": model, "name": name, "seeds": 0, "label": {
             "musicslots": f"MusicSlots ({name}), linear probe on slots", "cnn": "supervised CNN"}.get(model, name),
             **{f"{k}_{s}": None for k in ("pitch", "instrument", "chord") for s in ("mean", "std")},
-            "source": missing_cell(recs)})
+            "source": missing_cell(recs, f"{dataset}/{name}")})
     header = ["dataset", "model", "name", "seeds", "pitch_mean", "pitch_std", "instrument_mean", "instrument_std",
               "chord_mean", "chord_std", "source"]
     write_text(out_csv, "\n".join([",".join(header)] + [",".join("" if r[h] is None else _csv_cell(r[h])
