@@ -116,8 +116,8 @@ def _figure(path: Path, page_dir: Path, caption: str) -> str:
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
 
-def _audio(folder: Path, page_dir: Path, limit: int) -> str:
-    wavs = sorted(folder.rglob("*.wav"))[:limit]
+def _audio(folder: Path, page_dir: Path, limit: int, pattern: str = "*.wav") -> str:
+    wavs = sorted(folder.rglob(pattern))[:limit]
     if not wavs:
         return ""
     items = "".join(f'<div>{_e(w.relative_to(folder).with_suffix(""))}<audio controls preload="metadata" '
@@ -236,7 +236,10 @@ def build_report(cfg: dict, results: str | Path, out: str | Path) -> dict:
 
     data_figs = [_figure(p, page, f"{p.parent.name}: test chords, their notes and masks")
                  for p in sorted(results.glob("data/*/examples.png"))]
-    section("data", "Data", [_data_summary(results), f'<div class="gallery">{"".join(data_figs)}</div>'])
+    stems = _audio(results / "stems/jsb/test", page, n_audio, "*.flac")
+    section("data", "Data", [_data_summary(results), f'<div class="gallery">{"".join(data_figs)}</div>',
+                             "<h3>Listen: rendered stems (test split; drums, bass and piano on their own channels, "
+                             "played mixed)</h3>" + stems if stems else ""])
 
     ms_runs = _runs(results, "musicslots/*/*/seed*/train.json")
     figs, audio = [], []
